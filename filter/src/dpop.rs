@@ -1,0 +1,305 @@
+//! DPoP proofs (RFC 9449 §4.3): every check a resource server makes, except the replay check
+//! (see [`crate::replay`]) and the comparison with the token's `cnf.jkt` (see
+//! [`crate::binding`]), which need state or the token.
+//!
+//! jwt-simple's token verifier types the header `jwk` as a string, so the proof header is read
+//! here, the key built from the `jwk` object, and the signature checked over `header.payload`.
+#![forbid(unsafe_code)]
+
+use serde_json::Value;
+
+use crate::config::DpopSettings;
+use crate::jose::{b64url_encode, sha256, Alg, CompactJws, JwkError, JwsError, PublicKey};
+use crate::uri::AbsoluteUrl;
+
+/// Longest `jti` we remember; RFC 9449 suggests 96 bits of randomness, so this is generous.
+pub const MAX_JTI_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProofError {
+    Malformed(JwsError),
+    WrongType,
+    /// `alg` is not among the configured DPoP algorithms (or is `none`/HMAC).
+    AlgorithmNotAllowed(String),
+    MissingJwk,
+    /// The `jwk` holds private material.
+    PrivateKeyInJwk,
+    BadJwk(String),
+    /// The `jwk` cannot verify the header's `alg`.
+    JwkAlgorithmMismatch,
+    BadSignature,
+    ClaimsNotJsonObject,
+    MissingClaim(&'static str),
+    BadClaim(&'static str),
+    MethodMismatch,
+    UriMismatch,
+    TooOld,
+    IssuedInTheFuture,
+    AccessTokenHashMismatch,
+}
+
+impl ProofError {
+    pub fn describe(&self) -> String {
+        match self {
+            ProofError::Malformed(e) => format!("DPoP proof is not a compact JWS ({e:?})"),
+            ProofError::WrongType => "DPoP proof typ must be dpop+jwt".into(),
+            ProofError::AlgorithmNotAllowed(alg) => format!("DPoP proof algorithm {alg:?} is not accepted"),
+            ProofError::MissingJwk => "DPoP proof header has no jwk".into(),
+            ProofError::PrivateKeyInJwk => "DPoP proof jwk contains private key material".into(),
+            ProofError::BadJwk(why) => format!("DPoP proof jwk is not usable ({why})"),
+            ProofError::JwkAlgorithmMismatch => "DPoP proof jwk does not match its alg".into(),
+            ProofError::BadSignature => "DPoP proof signature is invalid".into(),
+            ProofError::ClaimsNotJsonObject => "DPoP proof claims are not a JSON object".into(),
+            ProofError::MissingClaim(c) => format!("DPoP proof has no {c}"),
+            ProofError::BadClaim(c) => format!("DPoP proof claim {c} is malformed"),
+            ProofError::MethodMismatch => "DPoP proof htm does not match the request method".into(),
+            ProofError::UriMismatch => "DPoP proof htu does not match the request URI".into(),
+            ProofError::TooOld => "DPoP proof iat is too old".into(),
+            ProofError::IssuedInTheFuture => "DPoP proof iat is in the future".into(),
+            ProofError::AccessTokenHashMismatch => "DPoP proof ath does not match the access token".into(),
+        }
+    }
+}
+
+/// What the request says a proof must be about.
+#[derive(Debug, Clone)]
+pub struct ProofContext<'a> {
+    /// The HTTP method, exactly as on the request line.
+    pub method: &'a str,
+    /// `public_url`'s scheme and authority with the request's path.
+    pub htu: &'a AbsoluteUrl,
+    /// The access token the proof accompanies (for `ath`).
+    pub access_token: &'a str,
+}
+
+/// A proof whose signature and claims passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// RFC 7638 thumbprint of the proof key, to compare with the token's `cnf.jkt`.
+    pub jkt: String,
+    pub jti: String,
+    pub iat: u64,
+    /// Until when the replay cache must remember this proof.
+    pub remember_until: u64,
+}
+
+pub fn verify_proof(
+    proof: &str,
+    ctx: &ProofContext<'_>,
+    settings: &DpopSettings,
+    now: u64,
+) -> Result<VerifiedProof, ProofError> {
+    let jws = CompactJws::split(proof).map_err(ProofError::Malformed)?;
+
+    let typ = jws.header_str("typ").unwrap_or("").to_ascii_lowercase();
+    if typ != "dpop+jwt" && typ != "application/dpop+jwt" {
+        return Err(ProofError::WrongType);
+    }
+    let alg_name = jws.header_str("alg").unwrap_or("");
+    let alg = Alg::parse(alg_name)
+        .filter(|a| settings.algorithms.contains(a))
+        .ok_or_else(|| ProofError::AlgorithmNotAllowed(alg_name.to_string()))?;
+    let jwk = match jws.header.get("jwk") {
+        Some(Value::Object(jwk)) => jwk,
+        Some(_) => return Err(ProofError::BadJwk("not a JSON object".into())),
+        None => return Err(ProofError::MissingJwk),
+    };
+    let key = PublicKey::from_jwk(jwk).map_err(|e| match e {
+        JwkError::PrivateMaterial => ProofError::PrivateKeyInJwk,
+        JwkError::Unsupported(why) | JwkError::Invalid(why) => ProofError::BadJwk(why),
+    })?;
+    if !key.allows(alg) {
+        return Err(ProofError::JwkAlgorithmMismatch);
+    }
+    if !key.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
+        return Err(ProofError::BadSignature);
+    }
+
+    let claims = match serde_json::from_slice::<Value>(&jws.payload) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(ProofError::ClaimsNotJsonObject),
+    };
+    let string_claim = |name: &'static str| match claims.get(name) {
+        None => Err(ProofError::MissingClaim(name)),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(ProofError::BadClaim(name)),
+    };
+
+    let jti = string_claim("jti")?;
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN {
+        return Err(ProofError::BadClaim("jti"));
+    }
+    if string_claim("htm")? != ctx.method {
+        return Err(ProofError::MethodMismatch);
+    }
+    let htu = AbsoluteUrl::parse_ignoring_query(string_claim("htu")?).map_err(|_| ProofError::BadClaim("htu"))?;
+    if &htu != ctx.htu {
+        return Err(ProofError::UriMismatch);
+    }
+    let iat = match claims.get("iat") {
+        None => return Err(ProofError::MissingClaim("iat")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e15).map(|f| f as u64))
+            .ok_or(ProofError::BadClaim("iat"))?,
+        Some(_) => return Err(ProofError::BadClaim("iat")),
+    };
+    if iat > now.saturating_add(settings.clock_skew_seconds) {
+        return Err(ProofError::IssuedInTheFuture);
+    }
+    let remember_until = iat.saturating_add(settings.max_age_seconds);
+    if now > remember_until {
+        return Err(ProofError::TooOld);
+    }
+    let expected_ath = b64url_encode(&sha256(ctx.access_token.as_bytes()));
+    if string_claim("ath")? != expected_ath {
+        return Err(ProofError::AccessTokenHashMismatch);
+    }
+
+    Ok(VerifiedProof {
+        jkt: key.thumbprint().to_string(),
+        jti: jti.to_string(),
+        iat,
+        // One second past the last instant the proof is accepted.
+        remember_until: remember_until.saturating_add(1),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::testkit::{vectors, ProofSpec, TestKey};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+    const URL: &str = "https://mcp.example.com/mcp";
+    const TOKEN: &str = "header.payload.signature";
+
+    fn settings() -> DpopSettings {
+        DpopSettings { algorithms: vec![Alg::Es256, Alg::Ed25519, Alg::Rs256], ..DpopSettings::default() }
+    }
+
+    fn run(proof: &str, method: &str, now: u64) -> Result<VerifiedProof, ProofError> {
+        let htu = AbsoluteUrl::parse(URL).unwrap();
+        verify_proof(proof, &ProofContext { method, htu: &htu, access_token: TOKEN }, &settings(), now)
+    }
+
+    /// RFC 9449 Figure 13/14: a published proof verifies, on the RFC's own timeline, and
+    /// its key's thumbprint is the `jkt` published in Figure 9.
+    #[test]
+    fn rfc9449_figure_13_proof() {
+        let htu = AbsoluteUrl::parse("https://resource.example.org/protectedresource").unwrap();
+        let ctx = ProofContext { method: "GET", htu: &htu, access_token: vectors::RFC9449_FIG13_ACCESS_TOKEN };
+        let proof = verify_proof(vectors::RFC9449_FIG13_PROOF, &ctx, &settings(), 1_562_262_619).unwrap();
+        assert_eq!(proof.jkt, vectors::RFC9449_FIG9_JKT);
+        assert_eq!(proof.jti, "e1j3V_bKic8-LAEB");
+        assert_eq!(proof.iat, 1_562_262_618);
+        assert_eq!(b64url_encode(&sha256(vectors::RFC9449_FIG13_ACCESS_TOKEN.as_bytes())), vectors::RFC9449_FIG14_ATH);
+        // The same proof an hour later, or for POST, or for another token, fails.
+        assert_eq!(verify_proof(vectors::RFC9449_FIG13_PROOF, &ctx, &settings(), 1_562_266_218).unwrap_err(), ProofError::TooOld);
+        let post = ProofContext { method: "POST", ..ctx.clone() };
+        assert_eq!(verify_proof(vectors::RFC9449_FIG13_PROOF, &post, &settings(), 1_562_262_619).unwrap_err(), ProofError::MethodMismatch);
+        let other = ProofContext { access_token: "another", ..ctx };
+        assert_eq!(verify_proof(vectors::RFC9449_FIG13_PROOF, &other, &settings(), 1_562_262_619).unwrap_err(), ProofError::AccessTokenHashMismatch);
+    }
+
+    #[test]
+    fn valid_proofs_of_each_algorithm() {
+        for key in [TestKey::es256(), TestKey::ed25519(), TestKey::rs256()] {
+            let proof = ProofSpec::new(&key, "POST", URL, NOW, TOKEN).sign(&key);
+            let verified = run(&proof, "POST", NOW).unwrap();
+            assert_eq!(verified.jkt, key.thumbprint());
+            assert_eq!(verified.remember_until, NOW + 61);
+        }
+    }
+
+    #[test]
+    fn ed25519_may_say_eddsa_or_ed25519() {
+        let key = TestKey::ed25519();
+        let mut spec = ProofSpec::new(&key, "POST", URL, NOW, TOKEN);
+        spec.alg = Some("Ed25519".into());
+        assert!(run(&spec.sign(&key), "POST", NOW).is_ok());
+    }
+
+    /// Each check: one field broken, everything else valid.
+    #[test]
+    fn each_claim_and_header_check_refuses() {
+        let key = TestKey::es256();
+        let cases: Vec<(&str, Box<dyn Fn(&mut ProofSpec)>, ProofError)> = vec![
+            ("typ", Box::new(|s| s.typ = json!("jwt")), ProofError::WrongType),
+            ("alg none", Box::new(|s| s.alg = Some("none".into())), ProofError::AlgorithmNotAllowed("none".into())),
+            ("alg HS256", Box::new(|s| s.alg = Some("HS256".into())), ProofError::AlgorithmNotAllowed("HS256".into())),
+            ("alg not configured", Box::new(|s| s.alg = Some("ES384".into())), ProofError::AlgorithmNotAllowed("ES384".into())),
+            ("no jwk", Box::new(|s| s.jwk = None), ProofError::MissingJwk),
+            ("jwk string", Box::new(|s| s.jwk = Some(json!("{}"))), ProofError::BadJwk("not a JSON object".into())),
+            ("private jwk", Box::new(|s| { s.jwk.as_mut().unwrap()["d"] = json!("AAAA"); }), ProofError::PrivateKeyInJwk),
+            ("htm", Box::new(|s| s.htm = json!("GET")), ProofError::MethodMismatch),
+            ("htm case", Box::new(|s| s.htm = json!("post")), ProofError::MethodMismatch),
+            ("htu path", Box::new(|s| s.htu = json!("https://mcp.example.com/other")), ProofError::UriMismatch),
+            ("htu host", Box::new(|s| s.htu = json!("https://evil.example.com/mcp")), ProofError::UriMismatch),
+            ("htu scheme", Box::new(|s| s.htu = json!("http://mcp.example.com/mcp")), ProofError::UriMismatch),
+            ("htu relative", Box::new(|s| s.htu = json!("/mcp")), ProofError::BadClaim("htu")),
+            ("iat old", Box::new(|s| s.iat = json!(NOW - 61)), ProofError::TooOld),
+            ("iat future", Box::new(|s| s.iat = json!(NOW + 6)), ProofError::IssuedInTheFuture),
+            ("iat string", Box::new(|s| s.iat = json!("now")), ProofError::BadClaim("iat")),
+            ("jti missing", Box::new(|s| s.jti = Value::Null), ProofError::BadClaim("jti")),
+            ("jti empty", Box::new(|s| s.jti = json!("")), ProofError::BadClaim("jti")),
+            ("jti long", Box::new(|s| s.jti = json!("x".repeat(MAX_JTI_LEN + 1))), ProofError::BadClaim("jti")),
+            ("ath missing", Box::new(|s| s.ath = None), ProofError::MissingClaim("ath")),
+            ("ath other token", Box::new(|s| s.ath = Some(json!(crate::testkit::ath("other")))), ProofError::AccessTokenHashMismatch),
+        ];
+        for (name, breaker, expected) in cases {
+            let mut spec = ProofSpec::new(&key, "POST", URL, NOW, TOKEN);
+            breaker(&mut spec);
+            assert_eq!(run(&spec.sign(&key), "POST", NOW), Err(expected), "{name}");
+        }
+        // The untouched spec passes, so each failure above is that one field's doing.
+        assert!(run(&ProofSpec::new(&key, "POST", URL, NOW, TOKEN).sign(&key), "POST", NOW).is_ok());
+    }
+
+    #[test]
+    fn iat_edges() {
+        let key = TestKey::es256();
+        let at = |iat: u64, now: u64| {
+            let mut s = ProofSpec::new(&key, "POST", URL, NOW, TOKEN);
+            s.iat = json!(iat);
+            run(&s.sign(&key), "POST", now)
+        };
+        assert!(at(NOW - 60, NOW).is_ok(), "exactly max_age old");
+        assert!(at(NOW + 5, NOW).is_ok(), "exactly skew ahead");
+    }
+
+    #[test]
+    fn htu_is_compared_after_normalisation() {
+        let key = TestKey::es256();
+        let mut s = ProofSpec::new(&key, "POST", "HTTPS://MCP.EXAMPLE.COM:443/./mcp?x=1#f", NOW, TOKEN);
+        assert!(run(&s.sign(&key), "POST", NOW).is_ok());
+        s.htu = json!("https://mcp.example.com/%6Dcp");
+        assert!(run(&s.sign(&key), "POST", NOW).is_ok(), "%6D is m");
+    }
+
+    #[test]
+    fn signature_must_be_by_the_jwk() {
+        let key = TestKey::es256();
+        let other = TestKey::es256();
+        // Header names `key`'s jwk but `other` signs.
+        let spec = ProofSpec::new(&key, "POST", URL, NOW, TOKEN);
+        assert_eq!(run(&spec.sign(&other), "POST", NOW).unwrap_err(), ProofError::BadSignature);
+        // An Ed25519 jwk with alg ES256.
+        let ed = TestKey::ed25519();
+        let mut mixed = ProofSpec::new(&ed, "POST", URL, NOW, TOKEN);
+        mixed.alg = Some("ES256".into());
+        assert_eq!(run(&mixed.sign(&key), "POST", NOW).unwrap_err(), ProofError::JwkAlgorithmMismatch);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(run("not-a-jwt", "POST", NOW), Err(ProofError::Malformed(_))));
+        assert!(matches!(run("", "POST", NOW), Err(ProofError::Malformed(_))));
+    }
+}
