@@ -132,12 +132,30 @@ pub fn refusal(denial: &Denial, config: &Config, presented: Option<Scheme>, id: 
             _ => rpc_code::REQUEST_REFUSED,
         },
     };
-    let mut data = json!({ "reason": denial.code(), "status": status });
+    let mut data = serde_json::Map::new();
+    data.insert("reason".into(), json!(denial.code()));
+    data.insert("status".into(), json!(status));
     if let Denial::InsufficientScope { required } = denial {
-        data["required_scopes"] = json!(required);
+        data.insert("required_scopes".into(), json!(required));
     }
+    let data = Value::Object(data);
     let body = rpc_error_body(id, code, &denial.describe(), data);
     LocalReply { status, headers, body }
+}
+
+/// 503 for when no configuration is at hand (a request reaching a plugin that is not
+/// configured, which Envoy should never allow).
+pub fn keys_unavailable() -> LocalReply {
+    let denial = Denial::KeysUnavailable;
+    LocalReply {
+        status: denial.status(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "no-store".into()),
+            ("retry-after".into(), "5".into()),
+        ],
+        body: rpc_error_body(None, rpc_code::UNAVAILABLE, &denial.describe(), json!({"reason": denial.code(), "status": denial.status()})),
+    }
 }
 
 /// The RFC 9728 metadata document, answered by the filter.

@@ -13,6 +13,8 @@ use crate::token::TokenError;
 pub enum Denial {
     /// An HTTP method the MCP transport does not use (405).
     MethodNotAllowed,
+    /// A method or path that is not valid UTF-8 text (400).
+    InvalidRequestTarget,
     /// A GET or DELETE that carries a body (400).
     UnexpectedBody,
     /// A POST whose `Content-Type` is not JSON (415).
@@ -54,7 +56,7 @@ impl Denial {
             Denial::MethodNotAllowed => 405,
             Denial::UnsupportedMediaType | Denial::UnsupportedContentEncoding => 415,
             Denial::BodyTooLarge => 413,
-            Denial::UnexpectedBody | Denial::TokenInQuery | Denial::InvalidAuthorizationHeader | Denial::Malformed(_) => 400,
+            Denial::InvalidRequestTarget | Denial::UnexpectedBody | Denial::TokenInQuery | Denial::InvalidAuthorizationHeader | Denial::Malformed(_) => 400,
             Denial::MissingToken
             | Denial::InvalidToken(_)
             | Denial::MissingProof
@@ -71,6 +73,7 @@ impl Denial {
     pub fn code(&self) -> &'static str {
         match self {
             Denial::MethodNotAllowed
+            | Denial::InvalidRequestTarget
             | Denial::UnexpectedBody
             | Denial::UnsupportedMediaType
             | Denial::UnsupportedContentEncoding
@@ -96,6 +99,7 @@ impl Denial {
     pub fn describe(&self) -> String {
         match self {
             Denial::MethodNotAllowed => "HTTP method not allowed for an MCP endpoint".into(),
+            Denial::InvalidRequestTarget => "the request method or path is not valid text".into(),
             Denial::UnexpectedBody => "GET and DELETE requests must not carry a body".into(),
             Denial::UnsupportedMediaType => "POST body must be application/json".into(),
             Denial::UnsupportedContentEncoding => "compressed request bodies are not accepted".into(),

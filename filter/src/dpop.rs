@@ -141,7 +141,7 @@ pub fn verify_proof(
         None => return Err(ProofError::MissingClaim("iat")),
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e15).map(|f| f as u64))
+            .or_else(|| n.as_f64().filter(|f| (0.0..1e15).contains(f)).map(|f| f as u64))
             .ok_or(ProofError::BadClaim("iat"))?,
         Some(_) => return Err(ProofError::BadClaim("iat")),
     };
@@ -167,7 +167,7 @@ pub fn verify_proof(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

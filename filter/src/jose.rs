@@ -159,6 +159,7 @@ pub struct PublicKey {
 }
 
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // a handful of keys per worker; boxing buys nothing
 enum KeyKind {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),

@@ -209,7 +209,7 @@ fn opt_time(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u6
                 Ok(Some(u))
             } else {
                 match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(Some(f as u64)),
+                    Some(f) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
                     _ => Err(TokenError::BadClaim(name)),
                 }
             }

@@ -1,0 +1,589 @@
+//! The proxy-wasm glue, and the only module that talks to the host.
+//!
+//! Per worker (VM): one root context holds the compiled [`Guard`], the issuer's keys and the
+//! token cache in a [`Worker`] shared with every HTTP context. An HTTP context collects the
+//! request (headers, then the whole body), asks the guard, and either lets the request go on or
+//! sends the guard's local reply. Nothing reaches the upstream before the decision: headers are
+//! held (`Pause`, which Envoy honours with `allow_on_headers_stop_iteration: true`) until the
+//! body is judged.
+//!
+//! Keys from `jwks_uri` are fetched with `dispatch_http_call`. A request that needs keys not yet
+//! loaded (or names an unknown `kid`) waits in `Worker::waiting`; whoever receives the JWKS
+//! answer decides every waiting request again (switching to its context with
+//! `set_effective_context`) and resumes or refuses it. A fetch that never answers is given up
+//! on tick, so nobody waits forever, and a failure is a 503, never a pass.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` so every error is handled here (the SDK's
+//! context helpers unwrap), and header values are read as bytes (its string getters panic on
+//! non-UTF-8).
+#![allow(unsafe_code)] // `proxy_wasm::main!` exports `_initialize` with `#[no_mangle]`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::answer::LocalReply;
+use crate::config::{Config, KeySource};
+use crate::denial::Denial;
+use crate::guard::{Decision, Env, Guard, HeadVerdict, RequestHead};
+use crate::jwks::KeySet;
+use crate::replay::{SharedStore, StoreError};
+use crate::token::TokenCache;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(GuardRoot { context_id, worker: Rc::new(RefCell::new(Worker::default())) })
+    });
+}}
+
+/// At most one unknown-`kid` refetch per this many seconds (a flood of tokens with made-up
+/// `kid`s must not become a flood of JWKS fetches).
+const UNKNOWN_KID_REFETCH_SECONDS: u64 = 30;
+/// After a failed fetch with no keys at all, retry this often.
+const RETRY_SECONDS: u64 = 5;
+
+fn now_seconds() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Shared data as the replay cache's store.
+struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let cas = if cas == 0 { None } else { Some(cas) };
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Failed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum KeyState {
+    #[default]
+    NotLoaded,
+    Loaded,
+    /// The last fetch failed and no keys were ever loaded.
+    Failed,
+}
+
+/// A request waiting for keys.
+struct Waiter {
+    context_id: u32,
+    head: RequestHead,
+    body: Option<Vec<u8>>,
+}
+
+/// Counters in Envoy's stats (`wasmcustom.mcp_guard.*`).
+#[derive(Default)]
+struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    fn increment(&mut self, name: &str) {
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, name) {
+                Ok(id) => {
+                    self.ids.insert(name.to_string(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// Everything one worker's contexts share.
+#[derive(Default)]
+struct Worker {
+    guard: Option<Rc<Guard>>,
+    root_context_id: u32,
+    keys: Option<Rc<KeySet>>,
+    key_state: KeyState,
+    /// When the fetch under way must have answered by (else it is given up).
+    fetch_deadline: Option<u64>,
+    next_refresh: u64,
+    last_unknown_kid_refetch: Option<u64>,
+    waiting: Vec<Waiter>,
+    tokens: Option<TokenCache>,
+    metrics: Metrics,
+    replay_tag: u32,
+}
+
+type SharedWorker = Rc<RefCell<Worker>>;
+
+fn random_tag() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // std draws RandomState's keys from the host's random source (WASI random_get).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_seconds());
+    (h.finish() as u32).max(1)
+}
+
+/// Starts a JWKS fetch from the current context. True if it was dispatched.
+fn dispatch_jwks_fetch(worker: &mut Worker, now: u64) -> bool {
+    let Some(guard) = worker.guard.clone() else {
+        return false;
+    };
+    let KeySource::Remote(uri) = &guard.config.keys else {
+        return false;
+    };
+    if worker.fetch_deadline.is_some() {
+        return true; // one at a time; the waiter will be served by that one
+    }
+    let headers = vec![
+        (":method", "GET"),
+        (":path", uri.url.path()),
+        (":authority", uri.url.authority()),
+        (":scheme", uri.url.scheme()),
+        ("accept", "application/json, application/jwk-set+json"),
+    ];
+    match hostcalls::dispatch_http_call(&uri.cluster, headers, None, vec![], Duration::from_millis(uri.timeout_ms)) {
+        Ok(_) => {
+            worker.fetch_deadline = Some(now + uri.timeout_ms.div_ceil(1000) + 2);
+            true
+        }
+        Err(status) => {
+            log(LogLevel::Warn, &format!("mcp-guard: cannot fetch JWKS through cluster {:?}: {status:?}", uri.cluster));
+            false
+        }
+    }
+}
+
+/// Handles a JWKS answer (or its absence), then decides every waiting request again.
+/// `caller` is the context whose callback we are in, restored at the end.
+fn on_jwks_answer(shared: &SharedWorker, caller: u32, body_size: usize) {
+    let now = now_seconds();
+    {
+        let mut w = shared.borrow_mut();
+        w.fetch_deadline = None;
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let refresh = match w.guard.as_ref().map(|g| &g.config.keys) {
+            Some(KeySource::Remote(uri)) => uri.refresh_seconds,
+            _ => 300,
+        };
+        let parsed = match status.as_deref() {
+            Some(b"200") => KeySet::from_jwks_bytes(&body).map_err(|e| e.to_string()),
+            Some(other) => Err(format!("status {}", String::from_utf8_lossy(other))),
+            None => Err("no answer (timeout or connection failure)".to_string()),
+        };
+        match parsed {
+            Ok(keys) => {
+                log(LogLevel::Info, &format!("mcp-guard: JWKS loaded: {} keys ({} skipped)", keys.len(), keys.skipped));
+                w.keys = Some(Rc::new(keys));
+                w.key_state = KeyState::Loaded;
+                w.next_refresh = now + refresh;
+                // Tokens verified under the old set are verified again under the new one.
+                if let Some(tokens) = w.tokens.as_mut() {
+                    tokens.clear();
+                }
+                w.metrics.increment("mcp_guard.jwks_fetch_ok");
+            }
+            Err(why) => {
+                log(LogLevel::Warn, &format!("mcp-guard: JWKS fetch failed: {why}"));
+                w.metrics.increment("mcp_guard.jwks_fetch_failed");
+                if w.key_state != KeyState::Loaded {
+                    w.key_state = KeyState::Failed;
+                    w.next_refresh = now + RETRY_SECONDS;
+                } else {
+                    // Keep serving with the keys we have; try again soon.
+                    w.next_refresh = now + RETRY_SECONDS.max(refresh / 10);
+                }
+            }
+        }
+    }
+    drain_waiting(shared, caller);
+}
+
+/// Decides every waiting request again (keys will not be fetched for them a second time).
+fn drain_waiting(shared: &SharedWorker, caller: u32) {
+    let waiting = std::mem::take(&mut shared.borrow_mut().waiting);
+    for waiter in waiting {
+        if hostcalls::set_effective_context(waiter.context_id).is_err() {
+            continue; // the request is gone
+        }
+        let decision = decide(shared, &waiter.head, waiter.body.as_deref(), false);
+        match decision {
+            Decision::Allow(_) => {
+                record(shared, &decision);
+                let _ = hostcalls::resume_http_request();
+            }
+            Decision::Deny { ref reply, .. } => {
+                record(shared, &decision);
+                send_reply(reply);
+            }
+            // Cannot happen with may_fetch_keys false; refuse rather than leave it hanging.
+            Decision::NeedKeys { .. } => send_reply(&crate::answer::keys_unavailable()),
+        }
+    }
+    let _ = hostcalls::set_effective_context(caller);
+}
+
+
+fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fetch_keys: bool) -> Decision {
+    let mut w = shared.borrow_mut();
+    let Some(guard) = w.guard.clone() else {
+        // Envoy sends no traffic to a plugin whose configuration failed; refuse if it does.
+        return Decision::Deny { denial: Denial::KeysUnavailable, reply: Box::new(crate::answer::keys_unavailable()) };
+    };
+    let keys = w.keys.clone();
+    let may_fetch_keys = may_fetch_keys && w.key_state != KeyState::Failed;
+    let tag = w.replay_tag;
+    let now = now_seconds();
+    let Worker { tokens, .. } = &mut *w;
+    let tokens = tokens.get_or_insert_with(|| TokenCache::new(guard.config.token_cache_entries));
+    let mut store = HostSharedData;
+    let mut env = Env {
+        now,
+        keys: keys.as_deref(),
+        may_fetch_keys,
+        tokens,
+        replay_store: &mut store,
+        replay_tag: tag,
+    };
+    guard.decide(head, body, &mut env)
+}
+
+fn record(shared: &SharedWorker, decision: &Decision) {
+    let mut w = shared.borrow_mut();
+    match decision {
+        Decision::Allow(allowed) => {
+            w.metrics.increment("mcp_guard.allowed");
+            log(
+                LogLevel::Debug,
+                &format!(
+                    "mcp-guard: allow sub={:?} client={:?} scopes_required={:?}",
+                    allowed.claims.subject, allowed.claims.client_id, allowed.required_scopes
+                ),
+            );
+        }
+        Decision::Deny { denial, reply } => {
+            w.metrics.increment("mcp_guard.denied");
+            w.metrics.increment(&format!("mcp_guard.denied.{}", denial.code()));
+            log(LogLevel::Info, &format!("mcp-guard: deny status={} reason={} ({})", reply.status, denial.code(), denial.describe()));
+        }
+        Decision::NeedKeys { .. } => {}
+    }
+}
+
+fn send_reply(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
+        log(LogLevel::Error, &format!("mcp-guard: cannot send local reply: {status:?}; resetting the request"));
+        let _ = hostcalls::reset_http_request();
+    }
+}
+
+struct GuardRoot {
+    context_id: u32,
+    worker: SharedWorker,
+}
+
+impl Context for GuardRoot {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        on_jwks_answer(&self.worker, self.context_id, body_size);
+    }
+}
+
+impl RootContext for GuardRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(bytes)) => bytes,
+            _ => Vec::new(),
+        };
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                log(LogLevel::Error, &format!("mcp-guard: {e}"));
+                return false;
+            }
+        };
+        let now = now_seconds();
+        let mut w = self.worker.borrow_mut();
+        w.root_context_id = self.context_id;
+        w.replay_tag = random_tag();
+        w.tokens = Some(TokenCache::new(config.token_cache_entries));
+        match &config.keys {
+            KeySource::Inline(keys) => {
+                w.keys = Some(Rc::new(keys.clone()));
+                w.key_state = KeyState::Loaded;
+            }
+            KeySource::Remote(_) => {
+                w.keys = None;
+                w.key_state = KeyState::NotLoaded;
+                w.fetch_deadline = None;
+            }
+        }
+        let remote = matches!(config.keys, KeySource::Remote(_));
+        log(
+            LogLevel::Info,
+            &format!(
+                "mcp-guard: configured for {} (binding {}, {} tools in policy)",
+                config.audience,
+                config.binding.name(),
+                config.policy.tools.len()
+            ),
+        );
+        w.guard = Some(Rc::new(Guard::new(config)));
+        if remote {
+            // Clusters may not be ready this early; the tick retries if this fails.
+            dispatch_jwks_fetch(&mut w, now);
+            let _ = hostcalls::set_tick_period(Duration::from_secs(1));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_seconds();
+        let gave_up = {
+            let mut w = self.worker.borrow_mut();
+            match w.fetch_deadline {
+                Some(deadline) if now > deadline => {
+                    // The answer never came (e.g. its context went away): give up on it.
+                    w.fetch_deadline = None;
+                    if w.key_state != KeyState::Loaded {
+                        w.key_state = KeyState::Failed;
+                    }
+                    w.next_refresh = now + RETRY_SECONDS;
+                    log(LogLevel::Warn, "mcp-guard: JWKS fetch timed out");
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    if now >= w.next_refresh {
+                        dispatch_jwks_fetch(&mut w, now);
+                    }
+                    false
+                }
+            }
+        };
+        if gave_up {
+            drain_waiting(&self.worker, self.context_id);
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(GuardStream {
+            context_id,
+            worker: Rc::clone(&self.worker),
+            head: None,
+            body_size: 0,
+            decided: false,
+        }))
+    }
+}
+
+struct GuardStream {
+    context_id: u32,
+    worker: SharedWorker,
+    head: Option<RequestHead>,
+    body_size: usize,
+    decided: bool,
+}
+
+impl GuardStream {
+    fn guard(&self) -> Option<Rc<Guard>> {
+        self.worker.borrow().guard.clone()
+    }
+
+    fn refuse_now(&mut self, reply: &LocalReply, denial: Option<&Denial>) -> Action {
+        self.decided = true;
+        if let Some(denial) = denial {
+            let decision = Decision::Deny { denial: denial.clone(), reply: Box::new(reply.clone()) };
+            record(&self.worker, &decision);
+        }
+        send_reply(reply);
+        Action::Pause
+    }
+
+    fn read_head(&self) -> Result<RequestHead, ()> {
+        let pairs = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map_err(|_| ())?;
+        let mut head = RequestHead::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                ":method" => head.method = String::from_utf8(value).map_err(|_| ())?,
+                ":path" => head.path = String::from_utf8(value).map_err(|_| ())?,
+                _ => head.headers.push((name.to_ascii_lowercase(), value)),
+            }
+        }
+        head.client_cert_sha256_hex = hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"])
+            .ok()
+            .flatten()
+            .filter(|v| !v.is_empty());
+        Ok(head)
+    }
+
+    /// Decides with the whole body; `Continue` lets the request go, `Pause` holds it (refused,
+    /// or waiting for keys).
+    fn decide_with_body(&mut self, body: Option<Vec<u8>>) -> Action {
+        let Some(head) = self.head.clone() else {
+            return Action::Pause;
+        };
+        self.decided = true;
+        let decision = decide(&self.worker, &head, body.as_deref(), true);
+        match decision {
+            Decision::Allow(_) => {
+                record(&self.worker, &decision);
+                Action::Continue
+            }
+            Decision::Deny { ref reply, .. } => {
+                record(&self.worker, &decision);
+                send_reply(reply);
+                Action::Pause
+            }
+            Decision::NeedKeys { unknown_kid } => self.wait_for_keys(head, body, unknown_kid),
+        }
+    }
+
+    fn wait_for_keys(&mut self, head: RequestHead, body: Option<Vec<u8>>, unknown_kid: Option<String>) -> Action {
+        let now = now_seconds();
+        let dispatched = {
+            let mut w = self.worker.borrow_mut();
+            let in_flight = w.fetch_deadline.is_some();
+            let allowed = match (&unknown_kid, w.last_unknown_kid_refetch) {
+                (None, _) => true, // keys not loaded yet: the root's fetch serves us
+                (Some(_), Some(last)) => now >= last + UNKNOWN_KID_REFETCH_SECONDS || in_flight,
+                (Some(_), None) => true,
+            };
+            if !allowed {
+                false
+            } else {
+                if unknown_kid.is_some() && !in_flight {
+                    w.last_unknown_kid_refetch = Some(now);
+                }
+                w.waiting.push(Waiter { context_id: self.context_id, head: head.clone(), body: body.clone() });
+                in_flight || dispatch_jwks_fetch(&mut w, now)
+            }
+        };
+        if dispatched {
+            if let Some(kid) = unknown_kid {
+                log(LogLevel::Info, &format!("mcp-guard: token names unknown kid {kid:?}; refetching JWKS"));
+            }
+            return Action::Pause;
+        }
+        // No fetch possible now: decide without fetching (unknown kid → 401, no keys → 503).
+        self.worker.borrow_mut().waiting.retain(|w| w.context_id != self.context_id);
+        let decision = decide(&self.worker, &head, body.as_deref(), false);
+        record(&self.worker, &decision);
+        match decision {
+            Decision::Allow(_) => Action::Continue,
+            Decision::Deny { reply, .. } => {
+                send_reply(&reply);
+                Action::Pause
+            }
+            Decision::NeedKeys { .. } => {
+                send_reply(&crate::answer::keys_unavailable());
+                Action::Pause
+            }
+        }
+    }
+
+    fn whole_body(&self) -> Option<Vec<u8>> {
+        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, self.body_size) {
+            Ok(Some(bytes)) => Some(bytes),
+            _ => Some(Vec::new()),
+        }
+    }
+}
+
+impl Context for GuardStream {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        on_jwks_answer(&self.worker, self.context_id, body_size);
+    }
+}
+
+impl HttpContext for GuardStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(guard) = self.guard() else {
+            return self.refuse_now(&crate::answer::keys_unavailable(), Some(&Denial::KeysUnavailable));
+        };
+        let head = match self.read_head() {
+            Ok(head) => head,
+            Err(()) => {
+                let reply = crate::answer::refusal(&Denial::InvalidRequestTarget, &guard.config, None, None);
+                return self.refuse_now(&reply, Some(&Denial::InvalidRequestTarget));
+            }
+        };
+        let verdict = guard.on_head(&head);
+        self.head = Some(head);
+        match verdict {
+            HeadVerdict::Reply(reply, denial) => self.refuse_now(&reply, denial.as_ref()),
+            HeadVerdict::ReadBody | HeadVerdict::Decide if end_of_stream => {
+                let body = if verdict == HeadVerdict::ReadBody { Some(Vec::new()) } else { None };
+                self.decide_with_body(body)
+            }
+            // Hold the headers until the body is judged.
+            HeadVerdict::ReadBody | HeadVerdict::Decide => Action::Pause,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.decided {
+            return Action::Continue;
+        }
+        self.body_size = body_size;
+        let Some(guard) = self.guard() else {
+            return Action::Pause;
+        };
+        if body_size > guard.config.max_body_bytes {
+            let denial = Denial::BodyTooLarge;
+            let reply = crate::answer::refusal(&denial, &guard.config, None, None);
+            return self.refuse_now(&reply, Some(&denial));
+        }
+        if !end_of_stream {
+            return Action::Pause; // keep buffering
+        }
+        let body = self.whole_body();
+        self.decide_with_body(body)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.decided {
+            return Action::Continue;
+        }
+        // Trailers end the request: the buffered body is complete.
+        let body = self.whole_body();
+        self.decide_with_body(body)
+    }
+
+    fn on_log(&mut self) {
+        // A request that went away while waiting for keys is not decided later.
+        let id = self.context_id;
+        self.worker.borrow_mut().waiting.retain(|w| w.context_id != id);
+    }
+}
