@@ -262,6 +262,9 @@ impl Guard {
     /// Authenticates, binds and authorizes. `body` is the whole body for POST, `None` for
     /// GET and DELETE (a body there is refused).
     pub fn decide(&self, head: &RequestHead, body: Option<&[u8]>, env: &mut Env<'_>) -> Decision {
+        if body.is_some_and(|b| b.len() > self.config.max_body_bytes) {
+            return self.refuse(Denial::BodyTooLarge, None, None);
+        }
         let decoded: Option<Result<Body, mcp::Malformed>> = match (head.method.as_str(), body) {
             ("POST", Some(bytes)) => Some(mcp::decode(bytes)),
             ("POST", None) => Some(mcp::decode(&[])),

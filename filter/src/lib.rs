@@ -3,7 +3,7 @@
 //! certificate) and holds the scopes for what it asks.
 //!
 //! Follow a request through the modules:
-//! - [`proxy`] (wasm32 only) is the thin proxy-wasm glue: it reads headers, body and connection
+//! - `proxy` (wasm32-wasip1 only) is the thin proxy-wasm glue: it reads headers, body and connection
 //!   properties into [`guard::RequestFacts`], asks [`guard::Guard::decide`], and either lets the
 //!   request continue or sends the local reply that [`answer`] built.
 //! - [`config`] turns the plugin configuration JSON into an immutable [`config::Config`], once.
@@ -41,5 +41,7 @@ pub mod uri;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-#[cfg(target_arch = "wasm32")]
+// The proxy-wasm glue exists only in the module Envoy loads (wasm32-wasip1); the core's own
+// wasm32 tests run on wasm32-unknown-unknown without it.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod proxy;
