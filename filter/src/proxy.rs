@@ -178,13 +178,25 @@ fn dispatch_jwks_fetch(worker: &mut Worker, now: u64) -> bool {
 
 /// Handles a JWKS answer (or its absence), then decides every waiting request again.
 /// `caller` is the context whose callback we are in, restored at the end.
-fn on_jwks_answer(shared: &SharedWorker, caller: u32, body_size: usize) {
+fn on_jwks_answer(shared: &SharedWorker, caller: u32, num_headers: usize, body_size: usize) {
     let now = now_seconds();
     {
         let mut w = shared.borrow_mut();
         w.fetch_deadline = None;
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        // A failed call (reset, no healthy host) comes with no header map at all: asking it for
+        // a value is an error the SDK panics on, so only read what the host says is there.
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .ok()
+                .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == ":status").map(|(_, v)| v))
+        };
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        };
         let refresh = match w.guard.as_ref().map(|g| &g.config.keys) {
             Some(KeySource::Remote(uri)) => uri.refresh_seconds,
             _ => 300,
@@ -307,8 +319,8 @@ struct GuardRoot {
 }
 
 impl Context for GuardRoot {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        on_jwks_answer(&self.worker, self.context_id, body_size);
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        on_jwks_answer(&self.worker, self.context_id, num_headers, body_size);
     }
 }
 
@@ -522,8 +534,8 @@ impl GuardStream {
 }
 
 impl Context for GuardStream {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        on_jwks_answer(&self.worker, self.context_id, body_size);
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        on_jwks_answer(&self.worker, self.context_id, num_headers, body_size);
     }
 }
 
