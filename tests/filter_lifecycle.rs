@@ -96,7 +96,8 @@ fn decisions_are_counted_in_stats() {
     assert_eq!(h.metric("mcp_guard.denied"), Some(2));
     assert_eq!(h.metric("mcp_guard.denied.missing_token"), Some(1));
     assert_eq!(h.metric("mcp_guard.denied.insufficient_scope"), Some(1));
-    assert!(h.log_text().contains("deny status=403 reason=insufficient_scope"), "{}", h.log_text());
+    let text = h.log_text();
+    assert!(text.contains(r#""decision":"deny""#) && text.contains(r#""reason":"insufficient_scope""#), "{text}");
 }
 
 #[test]

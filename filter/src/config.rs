@@ -83,6 +83,9 @@ pub struct Config {
     pub clock_skew_seconds: u64,
     /// How many verified access tokens each worker keeps.
     pub token_cache_entries: usize,
+    /// Pass `Authorization` and `DPoP` on to the upstream. Off by default: the MCP spec forbids
+    /// a server to receive and reuse the client's token (token passthrough).
+    pub forward_token: bool,
     pub policy: Policy,
 }
 
@@ -318,6 +321,11 @@ impl Config {
         .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let clock_skew_seconds = top.integer("clock_skew_seconds", 30, 0, 600)?;
         let token_cache_entries = usize::try_from(top.integer("token_cache_entries", 10_000, 1, 1_000_000)?).unwrap_or(10_000);
+        let forward_token = match top.get("forward_token") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(err("forward_token", "must be true or false")),
+        };
 
         top.finish()?;
 
@@ -332,6 +340,7 @@ impl Config {
             max_body_bytes,
             clock_skew_seconds,
             token_cache_entries,
+            forward_token,
             policy,
         })
     }
@@ -452,6 +461,7 @@ mod tests {
             (json!({"polcy": {}}), "polcy"),
             (json!({"jwks": {"keys": []}}), "jwks.keys"),
             (json!({"issuer": 7}), "issuer"),
+            (json!({"forward_token": "yes"}), "forward_token"),
         ];
         for (patch, field) in cases {
             let mut v = base();

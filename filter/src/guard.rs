@@ -37,8 +37,13 @@ impl RequestHead {
         self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
-    fn single<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
-        self.values(name).next()
+    fn single(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// A header's value as text, when it is valid UTF-8.
+    pub fn header_text(&self, name: &str) -> Option<&str> {
+        self.single(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -78,10 +83,21 @@ pub struct Allowed {
     pub required_scopes: Vec<String>,
 }
 
+/// What was learned about a request before it was refused, for the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The token's claims, when it verified.
+    pub claims: Option<AccessClaims>,
+    pub possession: Option<Possession>,
+    /// The JSON-RPC messages, when the body decoded.
+    pub messages: Vec<mcp::Message>,
+    pub required_scopes: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow(Box<Allowed>),
-    Deny { denial: Denial, reply: Box<LocalReply> },
+    Deny { denial: Denial, reply: Box<LocalReply>, facts: Box<Facts> },
     /// The token's signing key is not (yet) known: load keys, then decide again.
     NeedKeys { unknown_kid: Option<String> },
 }
@@ -159,9 +175,9 @@ impl Guard {
         Guard { config, replay, metadata_path }
     }
 
-    fn refuse(&self, denial: Denial, scheme: Option<Scheme>, id: Option<&RpcId>) -> Decision {
+    fn refuse(&self, denial: Denial, scheme: Option<Scheme>, id: Option<&RpcId>, facts: Facts) -> Decision {
         let reply = answer::refusal(&denial, &self.config, scheme, id);
-        Decision::Deny { denial, reply: Box::new(reply) }
+        Decision::Deny { denial, reply: Box::new(reply), facts: Box::new(facts) }
     }
 
     fn early(&self, denial: Denial) -> HeadVerdict {
@@ -263,12 +279,12 @@ impl Guard {
     /// GET and DELETE (a body there is refused).
     pub fn decide(&self, head: &RequestHead, body: Option<&[u8]>, env: &mut Env<'_>) -> Decision {
         if body.is_some_and(|b| b.len() > self.config.max_body_bytes) {
-            return self.refuse(Denial::BodyTooLarge, None, None);
+            return self.refuse(Denial::BodyTooLarge, None, None, Facts::default());
         }
         let decoded: Option<Result<Body, mcp::Malformed>> = match (head.method.as_str(), body) {
             ("POST", Some(bytes)) => Some(mcp::decode(bytes)),
             ("POST", None) => Some(mcp::decode(&[])),
-            (_, Some(bytes)) if !bytes.is_empty() => return self.refuse(Denial::UnexpectedBody, None, None),
+            (_, Some(bytes)) if !bytes.is_empty() => return self.refuse(Denial::UnexpectedBody, None, None, Facts::default()),
             _ => None,
         };
         let rpc_id: Option<RpcId> = match &decoded {
@@ -277,44 +293,49 @@ impl Guard {
             None => None,
         };
         let id = rpc_id.as_ref();
+        let mut facts = Facts::default();
+        if let Some(Ok(body)) = &decoded {
+            facts.messages = body.messages.clone();
+        }
 
         let (scheme, raw_token) = match self.credentials(head) {
             Ok(Credentials::Token(scheme, token)) => (scheme, token),
-            Ok(Credentials::None) => return self.refuse(Denial::MissingToken, None, id),
-            Err(denial) => return self.refuse(denial, None, id),
+            Ok(Credentials::None) => return self.refuse(Denial::MissingToken, None, id, facts),
+            Err(denial) => return self.refuse(denial, None, id, facts),
         };
 
         let token = match self.verified_token(raw_token, env) {
             Ok(token) => token,
             Err(TokenOutcome::NeedKeys(kid)) => return Decision::NeedKeys { unknown_kid: kid },
-            Err(TokenOutcome::Denied(denial)) => return self.refuse(denial, Some(scheme), id),
+            Err(TokenOutcome::Denied(denial)) => return self.refuse(denial, Some(scheme), id, facts),
         };
         let claims = token.claims();
+        facts.claims = Some(claims.clone());
 
         let proof = match scheme {
             Scheme::Bearer => None,
             Scheme::Dpop => {
                 let mut proofs = head.values("dpop");
                 let proof = match (proofs.next(), proofs.next()) {
-                    (None, _) => return self.refuse(Denial::MissingProof, Some(scheme), id),
-                    (Some(_), Some(_)) => return self.refuse(Denial::MultipleProofs, Some(scheme), id),
+                    (None, _) => return self.refuse(Denial::MissingProof, Some(scheme), id, facts),
+                    (Some(_), Some(_)) => return self.refuse(Denial::MultipleProofs, Some(scheme), id, facts),
                     (Some(p), None) => p,
                 };
                 // Envoy may fold repeated headers into one with commas; a JWS has none.
                 if proof.contains(&b',') {
-                    return self.refuse(Denial::MultipleProofs, Some(scheme), id);
+                    return self.refuse(Denial::MultipleProofs, Some(scheme), id, facts);
                 }
                 let Ok(proof) = std::str::from_utf8(proof) else {
-                    return self.refuse(Denial::InvalidProof(dpop::ProofError::Malformed(crate::jose::JwsError::BadBase64)), Some(scheme), id);
+                    return self.refuse(Denial::InvalidProof(dpop::ProofError::Malformed(crate::jose::JwsError::BadBase64)), Some(scheme), id, facts);
                 };
                 let htu = match self.config.public_url.with_request_path(&head.path) {
                     Ok(htu) => htu,
-                    Err(_) => return self.refuse(Denial::InvalidProof(dpop::ProofError::UriMismatch), Some(scheme), id),
+                    Err(_) => return self.refuse(Denial::InvalidProof(dpop::ProofError::UriMismatch), Some(scheme), id, facts),
                 };
                 let ctx = ProofContext { method: &head.method, htu: &htu, access_token: raw_token };
                 match dpop::verify_proof(proof.trim(), &ctx, &self.config.dpop, env.now) {
                     Ok(p) => Some(p),
-                    Err(e) => return self.refuse(Denial::InvalidProof(e), Some(scheme), id),
+                    Err(e) => return self.refuse(Denial::InvalidProof(e), Some(scheme), id, facts),
                 }
             }
         };
@@ -328,22 +349,23 @@ impl Guard {
             cert.as_deref(),
         ) {
             Ok(p) => p,
-            Err(e) => return self.refuse(Denial::Binding(e), Some(scheme), id),
+            Err(e) => return self.refuse(Denial::Binding(e), Some(scheme), id, facts),
         };
+        facts.possession = Some(possession.clone());
 
         if let Some(proof) = &proof {
             let digest = ReplayCache::digest(&proof.jkt, &proof.jti);
             match self.replay.check_and_remember(env.replay_store, digest, proof.remember_until, env.now, env.replay_tag) {
                 Ok(()) => {}
-                Err(ReplayError::Replayed) => return self.refuse(Denial::Replay, Some(scheme), id),
-                Err(ReplayError::Unavailable) => return self.refuse(Denial::ReplayCacheUnavailable, Some(scheme), id),
+                Err(ReplayError::Replayed) => return self.refuse(Denial::Replay, Some(scheme), id, facts),
+                Err(ReplayError::Unavailable) => return self.refuse(Denial::ReplayCacheUnavailable, Some(scheme), id, facts),
             }
         }
 
         let messages = match decoded {
             None => Vec::new(),
             Some(Ok(body)) => body.messages,
-            Some(Err(malformed)) => return self.refuse(Denial::Malformed(malformed.error), Some(scheme), id),
+            Some(Err(malformed)) => return self.refuse(Denial::Malformed(malformed.error), Some(scheme), id, facts),
         };
 
         let mut required: Vec<String> = Vec::new();
@@ -351,14 +373,15 @@ impl Guard {
             match self.config.policy.required_scopes(message) {
                 Ok(scopes) => required.extend(scopes),
                 Err(crate::policy::Forbidden::ToolNotListed(tool)) => {
-                    return self.refuse(Denial::ToolNotAllowed(tool), Some(scheme), id)
+                    return self.refuse(Denial::ToolNotAllowed(tool), Some(scheme), id, facts)
                 }
             }
         }
         required.sort();
         required.dedup();
+        facts.required_scopes = required.clone();
         if required.iter().any(|s| !claims.has_scope(s)) {
-            return self.refuse(Denial::InsufficientScope { required }, Some(scheme), id);
+            return self.refuse(Denial::InsufficientScope { required }, Some(scheme), id, facts);
         }
 
         Decision::Allow(Box::new(Allowed {

@@ -18,12 +18,15 @@
 //! - [`denial`] is the one flat list of reasons to refuse; [`answer`] is the one place that maps
 //!   them to HTTP statuses, `WWW-Authenticate` challenges and JSON-RPC error bodies.
 //! - [`prm`] serves the RFC 9728 protected-resource metadata.
+//! - [`audit`] records who did what (one JSON line per decision) and builds the verified
+//!   identity headers the upstream gets instead of the caller's credentials.
 //!
 //! The core knows nothing of proxy-wasm: the clock (`now`), the replay store and the caches are
 //! passed in, so it runs natively and on wasm32 alike.
 #![deny(unsafe_code)]
 
 pub mod answer;
+pub mod audit;
 pub mod binding;
 pub mod config;
 pub mod denial;

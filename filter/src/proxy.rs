@@ -28,6 +28,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::answer::LocalReply;
+use crate::audit;
 use crate::config::{Config, KeySource};
 use crate::denial::Denial;
 use crate::guard::{Decision, Env, Guard, HeadVerdict, RequestHead};
@@ -242,15 +243,15 @@ fn drain_waiting(shared: &SharedWorker, caller: u32) {
             continue; // the request is gone
         }
         let decision = decide(shared, &waiter.head, waiter.body.as_deref(), false);
+        record(shared, &waiter.head, &decision);
         match decision {
             Decision::Allow(_) => {
-                record(shared, &decision);
+                if let Some(guard) = shared.borrow().guard.clone() {
+                    apply_upstream_headers(&guard, &waiter.head, &decision);
+                }
                 let _ = hostcalls::resume_http_request();
             }
-            Decision::Deny { ref reply, .. } => {
-                record(shared, &decision);
-                send_reply(reply);
-            }
+            Decision::Deny { ref reply, .. } => send_reply(reply),
             // Cannot happen with may_fetch_keys false; refuse rather than leave it hanging.
             Decision::NeedKeys { .. } => send_reply(&crate::answer::keys_unavailable()),
         }
@@ -263,7 +264,11 @@ fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fe
     let mut w = shared.borrow_mut();
     let Some(guard) = w.guard.clone() else {
         // Envoy sends no traffic to a plugin whose configuration failed; refuse if it does.
-        return Decision::Deny { denial: Denial::KeysUnavailable, reply: Box::new(crate::answer::keys_unavailable()) };
+        return Decision::Deny {
+            denial: Denial::KeysUnavailable,
+            reply: Box::new(crate::answer::keys_unavailable()),
+            facts: Box::default(),
+        };
     };
     let keys = w.keys.clone();
     let may_fetch_keys = may_fetch_keys && w.key_state != KeyState::Failed;
@@ -283,25 +288,73 @@ fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fe
     guard.decide(head, body, &mut env)
 }
 
-fn record(shared: &SharedWorker, decision: &Decision) {
+/// A stat name segment from a tool name: policy tools only (bounded cardinality: a caller
+/// cannot mint stats by inventing tool names), characters outside [A-Za-z0-9_-] as `_`.
+fn tool_stat(guard: &Guard, tool: &str) -> String {
+    if guard.config.policy.tools.contains_key(tool) {
+        tool.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+    } else {
+        "_unlisted".to_string()
+    }
+}
+
+/// Stats, audit lines and access-log facts for a decision, in the current stream context.
+fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
+    let now = now_seconds();
     let mut w = shared.borrow_mut();
-    match decision {
-        Decision::Allow(allowed) => {
-            w.metrics.increment("mcp_guard.allowed");
-            log(
-                LogLevel::Debug,
-                &format!(
-                    "mcp-guard: allow sub={:?} client={:?} scopes_required={:?}",
-                    allowed.claims.subject, allowed.claims.client_id, allowed.required_scopes
-                ),
-            );
-        }
-        Decision::Deny { denial, reply } => {
-            w.metrics.increment("mcp_guard.denied");
+    let guard = w.guard.clone();
+    let (verdict, messages) = match decision {
+        Decision::Allow(a) => ("allowed", a.messages.as_slice()),
+        Decision::Deny { denial, facts, .. } => {
             w.metrics.increment(&format!("mcp_guard.denied.{}", denial.code()));
-            log(LogLevel::Info, &format!("mcp-guard: deny status={} reason={} ({})", reply.status, denial.code(), denial.describe()));
+            ("denied", facts.messages.as_slice())
         }
-        Decision::NeedKeys { .. } => {}
+        Decision::NeedKeys { .. } => return,
+    };
+    w.metrics.increment(&format!("mcp_guard.{verdict}"));
+    if let Some(guard) = &guard {
+        for message in messages {
+            if let crate::mcp::Message::Call { target: crate::mcp::Target::Tool(tool), .. } = message {
+                w.metrics.increment(&format!("mcp_guard.tool.{}.{verdict}", tool_stat(guard, tool)));
+            }
+        }
+    }
+    drop(w);
+    let events = audit::events(head, decision, now);
+    for event in &events {
+        log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX));
+    }
+    // The same facts for Envoy's access log: %FILTER_STATE(wasm.mcp_guard_<name>:PLAIN)%.
+    if let Some(first) = events.first() {
+        for name in ["decision", "reason", "sub", "agent", "tool", "jkt", "x5t#S256", "binding"] {
+            if let Some(value) = first.get(name).and_then(|v| v.as_str()) {
+                let key = format!("mcp_guard_{}", name.replace("#", "_"));
+                let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+            }
+        }
+        let chain: Vec<String> = match decision {
+            Decision::Allow(a) => audit::delegation_names(&a.claims),
+            Decision::Deny { facts, .. } => facts.claims.as_ref().map(audit::delegation_names).unwrap_or_default(),
+            Decision::NeedKeys { .. } => Vec::new(),
+        };
+        if !chain.is_empty() {
+            let _ = hostcalls::set_property(vec!["mcp_guard_delegation"], Some(chain.join(",").as_bytes()));
+        }
+    }
+}
+
+/// Before an allowed request goes on: the client's credentials and any identity headers it
+/// sent in our namespace go; the verified identity comes.
+fn apply_upstream_headers(guard: &Guard, head: &RequestHead, decision: &Decision) {
+    let Decision::Allow(allowed) = decision else {
+        return;
+    };
+    let edits = audit::upstream_headers(&guard.config, head, &allowed.claims, &allowed.possession, &allowed.messages);
+    for name in &edits.remove {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+    }
+    for (name, value) in &edits.set {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value.as_bytes()));
     }
 }
 
@@ -436,8 +489,9 @@ impl GuardStream {
     fn refuse_now(&mut self, reply: &LocalReply, denial: Option<&Denial>) -> Action {
         self.decided = true;
         if let Some(denial) = denial {
-            let decision = Decision::Deny { denial: denial.clone(), reply: Box::new(reply.clone()) };
-            record(&self.worker, &decision);
+            let decision = Decision::Deny { denial: denial.clone(), reply: Box::new(reply.clone()), facts: Box::default() };
+            let head = self.head.clone().unwrap_or_default();
+            record(&self.worker, &head, &decision);
         }
         send_reply(reply);
         Action::Pause
@@ -470,11 +524,14 @@ impl GuardStream {
         let decision = decide(&self.worker, &head, body.as_deref(), true);
         match decision {
             Decision::Allow(_) => {
-                record(&self.worker, &decision);
+                record(&self.worker, &head, &decision);
+                if let Some(guard) = self.guard() {
+                    apply_upstream_headers(&guard, &head, &decision);
+                }
                 Action::Continue
             }
             Decision::Deny { ref reply, .. } => {
-                record(&self.worker, &decision);
+                record(&self.worker, &head, &decision);
                 send_reply(reply);
                 Action::Pause
             }
@@ -511,9 +568,14 @@ impl GuardStream {
         // No fetch possible now: decide without fetching (unknown kid → 401, no keys → 503).
         self.worker.borrow_mut().waiting.retain(|w| w.context_id != self.context_id);
         let decision = decide(&self.worker, &head, body.as_deref(), false);
-        record(&self.worker, &decision);
+        record(&self.worker, &head, &decision);
         match decision {
-            Decision::Allow(_) => Action::Continue,
+            Decision::Allow(_) => {
+                if let Some(guard) = self.guard() {
+                    apply_upstream_headers(&guard, &head, &decision);
+                }
+                Action::Continue
+            }
             Decision::Deny { reply, .. } => {
                 send_reply(&reply);
                 Action::Pause

@@ -1,0 +1,182 @@
+//! Three identities in every decision: the audit event's fields, the verified identity headers
+//! the upstream gets instead of the caller's credentials, and stats by reason and tool.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use mcp_guard::audit::AUDIT_PREFIX;
+use mcp_guard_harness::Harness;
+use mcp_guard_tests::{load_filter, send_wasm, tools_call, Req, World, NOW};
+use serde_json::{json, Value};
+
+fn configured(w: &World, patch: Value) -> Harness {
+    let mut h = load_filter();
+    h.set_time(NOW);
+    h.configure(&w.config(patch).to_string()).unwrap();
+    h
+}
+
+fn audit_events(h: &Harness) -> Vec<Value> {
+    h.logs()
+        .iter()
+        .filter_map(|l| l.message.strip_prefix(AUDIT_PREFIX))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .collect()
+}
+
+fn header(req: &Req, name: &str) -> String {
+    String::from_utf8(req.headers.iter().find(|(k, _)| k == name).unwrap().1.clone()).unwrap()
+}
+
+/// A token acting for user-123 through three agents (RFC 8693 nested `act`).
+fn delegated_token(w: &World, scope: &str) -> String {
+    w.token_with(scope, |c| {
+        c.insert("act".into(), json!({"sub": "agent-a", "act": {"sub": "agent-b", "client_id": "cb", "act": {"client_id": "agent-c"}}}));
+    })
+}
+
+#[test]
+fn the_upstream_gets_verified_identity_not_credentials() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    let token = delegated_token(&w, "weather:read");
+    let req = w
+        .dpop_request("POST", "/mcp", &token)
+        .header("x-mcp-guard-subject", "admin")
+        .header("X-MCP-Guard-Agent", "trusted-agent")
+        .header("x-mcp-guard-scopes", "repo:admin")
+        .json(&tools_call(1, "get_forecast"));
+    let outcome = send_wasm(&mut h, &req);
+    let f = outcome.as_forwarded().unwrap_or_else(|| panic!("{outcome:?}"));
+    assert_eq!(f.header("authorization"), None, "no token passthrough");
+    assert_eq!(f.header("dpop"), None, "no proof passthrough");
+    assert_eq!(f.header("x-mcp-guard-subject").as_deref(), Some("user-123"), "spoofed subject replaced");
+    assert_eq!(f.header("x-mcp-guard-agent").as_deref(), Some("agent-7"), "spoofed agent replaced");
+    assert_eq!(f.header("x-mcp-guard-scopes").as_deref(), Some("weather:read"), "spoofed scopes replaced");
+    assert_eq!(f.request_headers.get_all("x-mcp-guard-subject").len(), 1, "exactly one, the verified one");
+    assert_eq!(f.header("x-mcp-guard-delegation").as_deref(), Some("agent-a,agent-b,agent-c"));
+    assert_eq!(f.header("x-mcp-guard-tool").as_deref(), Some("get_forecast"));
+    assert_eq!(f.header("x-mcp-guard-binding").as_deref(), Some("dpop"));
+    assert_eq!(f.header("x-mcp-guard-key"), Some(w.client.thumbprint()));
+    assert_eq!(f.header("x-mcp-guard-issuer").as_deref(), Some("https://auth.example.com"));
+    assert_eq!(f.header("content-type").as_deref(), Some("application/json"), "other headers untouched");
+}
+
+#[test]
+fn forward_token_keeps_the_credentials_but_still_replaces_identity() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"forward_token": true}));
+    let req = w.call("get_forecast", "weather:read").header("x-mcp-guard-subject", "admin");
+    let outcome = send_wasm(&mut h, &req);
+    let f = outcome.as_forwarded().unwrap();
+    assert_eq!(f.header("authorization"), Some(header(&req, "authorization")));
+    assert_eq!(f.header("dpop"), Some(header(&req, "dpop")));
+    assert_eq!(f.header("x-mcp-guard-subject").as_deref(), Some("user-123"));
+}
+
+#[test]
+fn an_allowed_call_is_recorded_with_every_field_and_no_secret() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    let token = delegated_token(&w, "weather:read");
+    let req = w.dpop_request("POST", "/mcp", &token).header("x-request-id", "req-42").json(&tools_call(7, "get_forecast"));
+    assert!(send_wasm(&mut h, &req).as_forwarded().is_some());
+    let events = audit_events(&h);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["time"], json!(NOW));
+    assert_eq!(e["decision"], "allow");
+    assert_eq!(e["reason"], "allowed");
+    assert_eq!(e["method"], "tools/call");
+    assert_eq!(e["tool"], "get_forecast");
+    assert_eq!(e["rpc_id"], json!(7));
+    assert_eq!(e["request_id"], "req-42");
+    assert_eq!(e["sub"], "user-123");
+    assert_eq!(e["agent"], "agent-7");
+    assert_eq!(e["iss"], "https://auth.example.com");
+    assert_eq!(e["token_jti"], json!(format!("at-{NOW}")));
+    assert_eq!(e["binding"], "dpop");
+    assert_eq!(e["jkt"], json!(w.client.thumbprint()));
+    assert_eq!(e["scopes_required"], json!(["weather:read"]));
+    let chain: Vec<_> = e["delegation"].as_array().unwrap().iter().map(|a| (a["sub"].clone(), a["client_id"].clone())).collect();
+    assert_eq!(
+        chain,
+        vec![(json!("agent-a"), Value::Null), (json!("agent-b"), json!("cb")), (Value::Null, json!("agent-c"))],
+        "three-level act chain, outermost first"
+    );
+    let all = h.log_text();
+    let proof = header(&req, "dpop");
+    for secret in [token.as_str(), proof.as_str(), token.rsplit('.').next().unwrap(), proof.rsplit('.').next().unwrap()] {
+        assert!(!all.contains(secret), "a credential leaked into the logs");
+    }
+}
+
+#[test]
+fn refusals_are_recorded_with_status_reason_and_what_was_known() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    // Missing scope: identity known, tool known.
+    send_wasm(&mut h, &w.call("delete_repo", "weather:read"));
+    // No token: refused at the headers, before the body.
+    send_wasm(&mut h, &Req::new("POST", "/mcp").json(&tools_call(1, "delete_repo")));
+    // Replay.
+    let req = w.call("get_forecast", "weather:read");
+    send_wasm(&mut h, &req);
+    send_wasm(&mut h, &req.clone().at(NOW + 1));
+    let events = audit_events(&h);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!((events[0]["decision"].as_str(), events[0]["status"].as_u64(), events[0]["reason"].as_str()), (Some("deny"), Some(403), Some("insufficient_scope")));
+    assert_eq!(events[0]["tool"], "delete_repo");
+    assert_eq!(events[0]["sub"], "user-123");
+    assert_eq!(events[0]["scopes_required"], json!(["repo:admin"]));
+    assert_eq!((events[1]["status"].as_u64(), events[1]["reason"].as_str()), (Some(401), Some("missing_token")));
+    assert!(events[1].get("sub").is_none(), "no identity without a token");
+    assert_eq!(events[3]["reason"], "dpop_replay");
+    assert_eq!(events[3]["agent"], "agent-7", "the replayed token's agent is on record");
+}
+
+#[test]
+fn a_batch_is_recorded_per_element() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    let req = w
+        .dpop_request("POST", "/mcp", &w.dpop_token("weather:read"))
+        .json(&json!([tools_call(1, "get_forecast"), {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "file:///a"}}]));
+    send_wasm(&mut h, &req);
+    let events = audit_events(&h);
+    assert_eq!(events.len(), 2);
+    assert_eq!((events[0]["batch_index"].as_u64(), events[0]["tool"].as_str()), (Some(0), Some("get_forecast")));
+    assert_eq!((events[1]["batch_index"].as_u64(), events[1]["resource"].as_str()), (Some(1), Some("file:///a")));
+    assert!(events.iter().all(|e| e["reason"] == "insufficient_scope"), "one denial denies the batch");
+}
+
+#[test]
+fn an_mtls_call_records_the_certificate_thumbprint() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"binding": "mtls"}));
+    let req = Req::new("POST", "/mcp")
+        .header("authorization", &format!("Bearer {}", w.issuer.mtls_token(NOW, "weather:read", &w.cert_digest)))
+        .json(&tools_call(1, "get_forecast"))
+        .cert(&w.cert_digest);
+    let outcome = send_wasm(&mut h, &req);
+    let f = outcome.as_forwarded().unwrap_or_else(|| panic!("{outcome:?}"));
+    let x5t = mcp_guard::testkit::x5t_s256(&w.cert_digest);
+    assert_eq!(f.header("x-mcp-guard-binding").as_deref(), Some("mtls"));
+    assert_eq!(f.header("x-mcp-guard-key"), Some(x5t.clone()));
+    let e = &audit_events(&h)[0];
+    assert_eq!((e["binding"].as_str(), e["x5t#S256"].as_str()), (Some("mtls"), Some(x5t.as_str())));
+}
+
+#[test]
+fn stats_count_by_reason_and_by_listed_tool_only() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    send_wasm(&mut h, &w.call("get_forecast", "weather:read"));
+    send_wasm(&mut h, &w.call("delete_repo", "weather:read"));
+    for i in 0..3 {
+        send_wasm(&mut h, &w.call(&format!("made-up-{i}"), "weather:read"));
+    }
+    assert_eq!(h.metric("mcp_guard.tool.get_forecast.allowed"), Some(1));
+    assert_eq!(h.metric("mcp_guard.tool.delete_repo.denied"), Some(1));
+    assert_eq!(h.metric("mcp_guard.tool._unlisted.denied"), Some(3), "invented names share one stat");
+    assert_eq!(h.metric("mcp_guard.tool.made-up-0.denied"), None);
+    assert_eq!(h.metric("mcp_guard.denied.tool_not_allowed"), Some(3));
+}
