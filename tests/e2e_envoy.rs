@@ -173,9 +173,14 @@ async fn a_real_rmcp_session_and_the_demo_script_pass_through_envoy() {
     let session = must(agent.connect(holder).await, "MCP initialize through Envoy");
     let mut tools = session.tool_names().await.expect("tools/list");
     tools.sort();
-    assert_eq!(tools, ["decommission_station", "get_forecast", "post_alert"]);
+    // The server has three tools; the filter lists only those this token may call.
+    assert_eq!(tools, ["get_forecast"]);
     let forecast = session.call_tool("get_forecast", json!({"station": "KSEA"})).await.expect("tools/call");
     assert!(forecast.starts_with("Forecast for KSEA"), "{forecast}");
+    // The server saw the verified identity the filter added, not the caller's credentials.
+    assert!(forecast.contains("x-mcp-guard-scopes=weather:read docs:read prompts:use"), "{forecast}");
+    assert!(forecast.contains("x-mcp-guard-tool=get_forecast"), "{forecast}");
+    assert!(forecast.contains("x-mcp-guard-binding=dpop"), "{forecast}");
     let prompt = session.get_prompt("summarize_week", json!({"station": "KSEA"})).await.expect("prompts/get");
     assert!(prompt.iter().any(|m| m.contains("station KSEA")), "{prompt:?}");
     let readme = session.read_resource(weather::README_URI).await.expect("resources/read");
@@ -516,4 +521,61 @@ fn the_demo_envoy_config_loads_with_the_filter() {
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
     must(envoy::validate(&path), "envoy/demo.yaml");
+}
+
+/// Reads Envoy's log until a line passes `pick` (the access log is flushed on a timer).
+async fn log_line(stack: &Stack, what: &str, pick: impl Fn(&str) -> bool) -> String {
+    for _ in 0..50 {
+        let log = std::fs::read_to_string(&stack.envoy.log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| pick(l)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no {what} in Envoy's log:\n{}", stack.envoy.log_tail(40));
+}
+
+/// What the filter records, as an operator sees it in Envoy: the access log (the filter's facts
+/// in filter state), the audit lines in Envoy's log, and stats by reason and by tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_show_in_the_access_log_the_audit_log_and_stats() {
+    let stack = Stack::start("records", "dpop", None).await;
+    let agent = stack.agent();
+    let request = TokenRequest {
+        act: Some(json!({"sub": "planner-agent", "act": {"sub": "orchestrator"}})),
+        ..agent.dpop_token_request("weather:read")
+    };
+    let token = must(agent.request_token(&request).await, "token");
+    let holder = agent.holder(token.access_token);
+    let jkt = agent.jkt();
+
+    let allowed = must(agent.send_raw(&RawRequest::post(INITIALIZE).signed(&holder)).await, "initialize");
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let refused = RawRequest::post(tool_call(2, "decommission_station")).signed(&holder).header("x-request-id", "audit-e2e-1");
+    stack.expect_refusal(&agent, "missing scope", &refused, 403, "insufficient_scope").await;
+
+    let allow_line = log_line(&stack, "access line of the allowed call", |l| l.starts_with("[access] POST /mcp 200 ")).await;
+    for part in ["decision=allow", "reason=allowed", "agent=demo-agent", "delegation=planner-agent,orchestrator", "binding=dpop", &format!("jkt={jkt}")] {
+        assert!(allow_line.contains(part), "{part} missing in: {allow_line}");
+    }
+    let deny_line = log_line(&stack, "access line of the refusal", |l| l.starts_with("[access] POST /mcp 403 ")).await;
+    for part in ["decision=deny", "reason=insufficient_scope", "tool=decommission_station", &format!("jkt={jkt}")] {
+        assert!(deny_line.contains(part), "{part} missing in: {deny_line}");
+    }
+
+    let audit = log_line(&stack, "audit line of the refusal", |l| l.contains("mcp-guard-audit ") && l.contains("audit-e2e-1")).await;
+    let event: Value = serde_json::from_str(audit.split("mcp-guard-audit ").nth(1).unwrap()).expect("audit JSON");
+    assert_eq!(event["decision"], "deny");
+    assert_eq!(event["status"], 403);
+    assert_eq!(event["tool"], "decommission_station");
+    assert_eq!(event["request_id"], "audit-e2e-1");
+    assert_eq!(event["scopes_required"], json!(["alerts:write", "stations:admin"]));
+    assert_eq!(event["delegation"][1]["sub"], "orchestrator");
+    assert_eq!(event["jkt"], json!(jkt));
+    let log = std::fs::read_to_string(&stack.envoy.log).unwrap();
+    assert!(!log.contains(holder.token()), "the access token leaked into Envoy's log");
+
+    assert_eq!(stack.counter("wasmcustom.mcp_guard.tool.decommission_station.denied").await, 1);
+    assert_eq!(stack.counter("wasmcustom.mcp_guard.denied.insufficient_scope").await, 1);
+    assert!(stack.counter("wasmcustom.mcp_guard.allowed").await >= 1);
 }

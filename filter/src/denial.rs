@@ -48,6 +48,9 @@ pub enum Denial {
     KeysUnavailable,
     /// The replay cache could not be updated (503).
     ReplayCacheUnavailable,
+    /// The upstream's `tools/list` answer could not be read to filter it (502): it is not
+    /// passed on half-edited.
+    UnreadableToolsList,
 }
 
 impl Denial {
@@ -66,6 +69,7 @@ impl Denial {
             | Denial::Binding(_) => 401,
             Denial::InsufficientScope { .. } | Denial::ToolNotAllowed(_) => 403,
             Denial::KeysUnavailable | Denial::ReplayCacheUnavailable => 503,
+            Denial::UnreadableToolsList => 502,
         }
     }
 
@@ -92,6 +96,7 @@ impl Denial {
             Denial::ToolNotAllowed(_) => "tool_not_allowed",
             Denial::KeysUnavailable => "keys_unavailable",
             Denial::ReplayCacheUnavailable => "replay_cache_unavailable",
+            Denial::UnreadableToolsList => "unreadable_tools_list",
         }
     }
 
@@ -118,6 +123,7 @@ impl Denial {
             Denial::ToolNotAllowed(tool) => format!("tool {tool:?} is not allowed by this server's policy"),
             Denial::KeysUnavailable => "the authorization server's keys are unavailable; try again".into(),
             Denial::ReplayCacheUnavailable => "the DPoP replay cache is busy; try again".into(),
+            Denial::UnreadableToolsList => "the MCP server's tools/list answer could not be read to filter it".into(),
         }
     }
 

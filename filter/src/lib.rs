@@ -18,6 +18,7 @@
 //! - [`denial`] is the one flat list of reasons to refuse; [`answer`] is the one place that maps
 //!   them to HTTP statuses, `WWW-Authenticate` challenges and JSON-RPC error bodies.
 //! - [`prm`] serves the RFC 9728 protected-resource metadata.
+//! - [`listing`] trims `tools/list` responses to the tools the caller may call.
 //! - [`audit`] records who did what (one JSON line per decision) and builds the verified
 //!   identity headers the upstream gets instead of the caller's credentials.
 //!
@@ -34,6 +35,7 @@ pub mod dpop;
 pub mod guard;
 pub mod jose;
 pub mod jwks;
+pub mod listing;
 pub mod mcp;
 pub mod policy;
 pub mod prm;

@@ -33,6 +33,7 @@ use crate::config::{Config, KeySource};
 use crate::denial::Denial;
 use crate::guard::{Decision, Env, Guard, HeadVerdict, RequestHead};
 use crate::jwks::KeySet;
+use crate::listing::{self, ListFilter};
 use crate::replay::{SharedStore, StoreError};
 use crate::token::TokenCache;
 
@@ -132,6 +133,8 @@ struct Worker {
     next_refresh: u64,
     last_unknown_kid_refetch: Option<u64>,
     waiting: Vec<Waiter>,
+    /// Allowed requests with `tools/list` calls, by context id: their answers get filtered.
+    list_filters: HashMap<u32, ListFilter>,
     tokens: Option<TokenCache>,
     metrics: Metrics,
     replay_tag: u32,
@@ -247,7 +250,7 @@ fn drain_waiting(shared: &SharedWorker, caller: u32) {
         match decision {
             Decision::Allow(_) => {
                 if let Some(guard) = shared.borrow().guard.clone() {
-                    apply_upstream_headers(&guard, &waiter.head, &decision);
+                    apply_upstream_headers(shared, waiter.context_id, &guard, &waiter.head, &decision);
                 }
                 let _ = hostcalls::resume_http_request();
             }
@@ -345,10 +348,13 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
 
 /// Before an allowed request goes on: the client's credentials and any identity headers it
 /// sent in our namespace go; the verified identity comes.
-fn apply_upstream_headers(guard: &Guard, head: &RequestHead, decision: &Decision) {
+fn apply_upstream_headers(shared: &SharedWorker, context_id: u32, guard: &Guard, head: &RequestHead, decision: &Decision) {
     let Decision::Allow(allowed) = decision else {
         return;
     };
+    if let Some(filter) = ListFilter::for_messages(&allowed.messages, &allowed.claims.scopes) {
+        shared.borrow_mut().list_filters.insert(context_id, filter);
+    }
     let edits = audit::upstream_headers(&guard.config, head, &allowed.claims, &allowed.possession, &allowed.messages);
     for name in &edits.remove {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
@@ -469,6 +475,7 @@ impl RootContext for GuardRoot {
             head: None,
             body_size: 0,
             decided: false,
+            editing: None,
         }))
     }
 }
@@ -479,6 +486,8 @@ struct GuardStream {
     head: Option<RequestHead>,
     body_size: usize,
     decided: bool,
+    /// A `tools/list` answer being buffered to filter: the filter and the content type.
+    editing: Option<(ListFilter, String)>,
 }
 
 impl GuardStream {
@@ -494,6 +503,21 @@ impl GuardStream {
             record(&self.worker, &head, &decision);
         }
         send_reply(reply);
+        Action::Pause
+    }
+
+    /// A `tools/list` answer we cannot filter is replaced by a 502, never passed half-edited.
+    fn refuse_response(&mut self) -> Action {
+        self.editing = None;
+        let denial = Denial::UnreadableToolsList;
+        let reply = match self.guard() {
+            Some(guard) => crate::answer::refusal(&denial, &guard.config, None, None),
+            None => crate::answer::keys_unavailable(),
+        };
+        let decision = Decision::Deny { denial, reply: Box::new(reply.clone()), facts: Box::default() };
+        let head = self.head.clone().unwrap_or_default();
+        record(&self.worker, &head, &decision);
+        send_reply(&reply);
         Action::Pause
     }
 
@@ -526,7 +550,7 @@ impl GuardStream {
             Decision::Allow(_) => {
                 record(&self.worker, &head, &decision);
                 if let Some(guard) = self.guard() {
-                    apply_upstream_headers(&guard, &head, &decision);
+                    apply_upstream_headers(&self.worker, self.context_id, &guard, &head, &decision);
                 }
                 Action::Continue
             }
@@ -572,7 +596,7 @@ impl GuardStream {
         match decision {
             Decision::Allow(_) => {
                 if let Some(guard) = self.guard() {
-                    apply_upstream_headers(&guard, &head, &decision);
+                    apply_upstream_headers(&self.worker, self.context_id, &guard, &head, &decision);
                 }
                 Action::Continue
             }
@@ -655,9 +679,61 @@ impl HttpContext for GuardStream {
         self.decide_with_body(body)
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(filter) = self.worker.borrow_mut().list_filters.remove(&self.context_id) else {
+            return Action::Continue;
+        };
+        if end_of_stream {
+            return Action::Continue;
+        }
+        let content_type = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+            .ok()
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")))
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        if !listing::editable(&content_type) {
+            return Action::Continue;
+        }
+        self.editing = Some((filter, content_type));
+        Action::Pause // hold the headers: content-length changes with the body
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some((filter, content_type)) = self.editing.clone() else {
+            return Action::Continue;
+        };
+        if body_size > listing::MAX_LIST_RESPONSE_BYTES {
+            return self.refuse_response();
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.editing = None;
+        let Some(guard) = self.guard() else {
+            return self.refuse_response();
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        match listing::filter_body(&body, &content_type, &filter, &guard.config.policy) {
+            Ok((_, 0)) => Action::Continue,
+            Ok((edited, removed)) => {
+                let replaced = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &edited).is_ok();
+                let length = edited.len().to_string();
+                let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, "content-length", Some(length.as_bytes()));
+                if !replaced {
+                    return self.refuse_response();
+                }
+                log(LogLevel::Debug, &format!("mcp-guard: tools/list trimmed by {removed} tools the caller may not call"));
+                Action::Continue
+            }
+            Err(_) => self.refuse_response(),
+        }
+    }
+
     fn on_log(&mut self) {
         // A request that went away while waiting for keys is not decided later.
         let id = self.context_id;
-        self.worker.borrow_mut().waiting.retain(|w| w.context_id != id);
+        let mut w = self.worker.borrow_mut();
+        w.waiting.retain(|w| w.context_id != id);
+        w.list_filters.remove(&id);
     }
 }

@@ -81,6 +81,9 @@ pub struct Tls {
     pub client_ca: PathBuf,
 }
 
+/// The access-log line of `envoy/access-log.yaml`: the filter's facts from filter state.
+pub const ACCESS_LOG_FORMAT: &str = "[access] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% decision=%FILTER_STATE(wasm.mcp_guard_decision:PLAIN)% reason=%FILTER_STATE(wasm.mcp_guard_reason:PLAIN)% sub=%FILTER_STATE(wasm.mcp_guard_sub:PLAIN)% agent=%FILTER_STATE(wasm.mcp_guard_agent:PLAIN)% delegation=%FILTER_STATE(wasm.mcp_guard_delegation:PLAIN)% tool=%FILTER_STATE(wasm.mcp_guard_tool:PLAIN)% binding=%FILTER_STATE(wasm.mcp_guard_binding:PLAIN)% jkt=%FILTER_STATE(wasm.mcp_guard_jkt:PLAIN)% x5t=%FILTER_STATE(wasm.mcp_guard_x5t_S256:PLAIN)%\n";
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -142,7 +145,11 @@ impl Spec {
                 "stat_prefix": "mcp_ingress",
                 "access_log": [{
                     "name": "envoy.access_loggers.stdout",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                        // The filter's decision, as in envoy/access-log.yaml.
+                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}
+                    }
                 }],
                 "route_config": {"name": "mcp", "virtual_hosts": [{
                     "name": "mcp", "domains": ["*"],
@@ -283,6 +290,8 @@ impl Envoy {
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", &spec.concurrency.to_string()])
             .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+            // Access logs are flushed every 10 s by default; tests read them at once.
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
