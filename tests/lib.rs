@@ -551,6 +551,24 @@ pub fn scenarios(w: &World) -> Vec<Scenario> {
             refused(401, "binding_mismatch"),
         ),
         one(
+            "Mcp-Method and Mcp-Name that match the body",
+            base.clone(),
+            w.call("get_forecast", "weather:read").header("mcp-method", "tools/call").header("mcp-name", "get_forecast"),
+            Expect::Forwarded,
+        ),
+        one(
+            "Mcp-Name naming another tool than the body",
+            base.clone(),
+            w.call("get_forecast", "weather:read").header("mcp-method", "tools/call").header("mcp-name", "delete_repo"),
+            refused(400, "malformed_request"),
+        ),
+        one(
+            "Mcp-Method naming another method than the body",
+            base.clone(),
+            w.call("get_forecast", "weather:read").header("mcp-method", "tools/list"),
+            refused(400, "malformed_request"),
+        ),
+        one(
             "Basic credentials are no token",
             base.clone(),
             Req::new("POST", "/mcp").header("authorization", "Basic dXNlcjpwYXNz").json(&tools_call(1, "get_forecast")),

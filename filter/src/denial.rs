@@ -30,6 +30,8 @@ pub enum Denial {
     InvalidAuthorizationHeader,
     /// The body is not a JSON-RPC message we can read exactly as the server would (400).
     Malformed(DecodeError),
+    /// `Mcp-Method` / `Mcp-Name` headers that do not say what the body says (400).
+    RoutingHeaderMismatch,
     /// No access token (401).
     MissingToken,
     InvalidToken(TokenError),
@@ -59,7 +61,7 @@ impl Denial {
             Denial::MethodNotAllowed => 405,
             Denial::UnsupportedMediaType | Denial::UnsupportedContentEncoding => 415,
             Denial::BodyTooLarge => 413,
-            Denial::InvalidRequestTarget | Denial::UnexpectedBody | Denial::TokenInQuery | Denial::InvalidAuthorizationHeader | Denial::Malformed(_) => 400,
+            Denial::InvalidRequestTarget | Denial::RoutingHeaderMismatch | Denial::UnexpectedBody | Denial::TokenInQuery | Denial::InvalidAuthorizationHeader | Denial::Malformed(_) => 400,
             Denial::MissingToken
             | Denial::InvalidToken(_)
             | Denial::MissingProof
@@ -78,6 +80,7 @@ impl Denial {
         match self {
             Denial::MethodNotAllowed
             | Denial::InvalidRequestTarget
+            | Denial::RoutingHeaderMismatch
             | Denial::UnexpectedBody
             | Denial::UnsupportedMediaType
             | Denial::UnsupportedContentEncoding
@@ -112,6 +115,7 @@ impl Denial {
             Denial::TokenInQuery => "access tokens in the query string are not accepted; use the Authorization header".into(),
             Denial::InvalidAuthorizationHeader => "send exactly one Authorization header".into(),
             Denial::Malformed(e) => e.reason().to_string(),
+            Denial::RoutingHeaderMismatch => "the Mcp-Method or Mcp-Name header does not match the body".into(),
             Denial::MissingToken => "an access token is required".into(),
             Denial::InvalidToken(e) => e.describe(),
             Denial::MissingProof => "the DPoP scheme requires a DPoP proof header".into(),

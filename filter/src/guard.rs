@@ -367,6 +367,9 @@ impl Guard {
             Some(Ok(body)) => body.messages,
             Some(Err(malformed)) => return self.refuse(Denial::Malformed(malformed.error), Some(scheme), id, facts),
         };
+        if let Err(denial) = routing_headers_agree(head, &messages) {
+            return self.refuse(denial, Some(scheme), id, facts);
+        }
 
         let mut required: Vec<String> = Vec::new();
         for message in &messages {
@@ -420,6 +423,36 @@ impl Guard {
             Err(TokenError::UnknownKey(kid)) if env.may_fetch_keys => Err(TokenOutcome::NeedKeys(Some(kid))),
             Err(e) => Err(TokenOutcome::Denied(Denial::InvalidToken(e))),
         }
+    }
+}
+
+/// Newer MCP clients repeat the method and the tool/prompt/resource name in `Mcp-Method` and
+/// `Mcp-Name` headers. A server (or a router in front of it) that acts on those while we judged
+/// the body would execute something else than what was authorized: when they are present they
+/// must say exactly what the body says, for a single message.
+fn routing_headers_agree(head: &RequestHead, messages: &[mcp::Message]) -> Result<(), Denial> {
+    let method_header = head.values("mcp-method").collect::<Vec<_>>();
+    let name_header = head.values("mcp-name").collect::<Vec<_>>();
+    if method_header.is_empty() && name_header.is_empty() {
+        return Ok(());
+    }
+    let disagree = Err(Denial::RoutingHeaderMismatch);
+    let [mcp::Message::Call { method, target, .. }] = messages else {
+        return disagree; // headers describe one call; a batch or a response cannot match them
+    };
+    match method_header.as_slice() {
+        [] => {}
+        [value] if *value == method.as_bytes() => {}
+        _ => return disagree,
+    }
+    let name = match target {
+        mcp::Target::Tool(n) | mcp::Target::Prompt(n) | mcp::Target::Resource(n) => Some(n.as_bytes()),
+        mcp::Target::None => None,
+    };
+    match (name_header.as_slice(), name) {
+        ([], _) => Ok(()),
+        ([value], Some(name)) if *value == name => Ok(()),
+        _ => disagree,
     }
 }
 
