@@ -23,6 +23,15 @@ fn serve(h: &mut Harness, keys: &Arc<Mutex<Value>>) {
     h.on_http_call(move |_call| HttpCallReply::json(keys.lock().unwrap().to_string()));
 }
 
+/// A configured filter whose JWKS fetch is held, unanswered, for the test to answer.
+fn with_fetch_held(w: &World) -> Harness {
+    let mut h = load_filter();
+    h.add_cluster("authz").set_time(NOW);
+    h.on_http_call(|_| HttpCallReply::Hold);
+    h.configure(&remote_config(w, "authz")).unwrap();
+    h
+}
+
 fn status(outcome: &Outcome) -> Option<u32> {
     outcome.as_local_reply().map(|r| r.status)
 }
@@ -56,10 +65,7 @@ fn first_load_goes_through_the_cluster_and_tokens_then_verify() {
 #[test]
 fn a_request_before_the_keys_waits_for_them() {
     let w = World::new();
-    let mut h = load_filter();
-    h.add_cluster("authz").set_time(NOW);
-    h.on_http_call(|_| HttpCallReply::Hold);
-    h.configure(&remote_config(&w, "authz")).unwrap();
+    let mut h = with_fetch_held(&w);
 
     let early = send_wasm(&mut h, &w.call("get_forecast", "weather:read"));
     assert!(early.is_pending(), "held until keys arrive: {early:?}");
@@ -85,10 +91,7 @@ fn keys_that_cannot_be_had_give_503_never_a_pass() {
     ];
     for (name, failure) in failures {
         let w = World::new();
-        let mut h = load_filter();
-        h.add_cluster("authz").set_time(NOW);
-        h.on_http_call(|_| HttpCallReply::Hold);
-        h.configure(&remote_config(&w, "authz")).unwrap();
+        let mut h = with_fetch_held(&w);
         let waiting = send_wasm(&mut h, &w.call("get_forecast", "weather:read"));
         assert!(waiting.is_pending(), "{name}");
         let token = h.pending_http_calls()[0].token;
@@ -124,10 +127,7 @@ fn a_retry_on_tick_recovers_after_a_failure() {
 #[test]
 fn a_fetch_that_never_answers_is_given_up_and_its_waiters_refused() {
     let w = World::new();
-    let mut h = load_filter();
-    h.add_cluster("authz").set_time(NOW);
-    h.on_http_call(|_| HttpCallReply::Hold);
-    h.configure(&remote_config(&w, "authz")).unwrap();
+    let mut h = with_fetch_held(&w);
     let waiting = send_wasm(&mut h, &w.call("get_forecast", "weather:read"));
     assert!(waiting.is_pending());
     // The call's own timeout (2 s) answers 504 through the harness; either way it ends in 503.

@@ -177,16 +177,10 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::testkit::{TestIssuer, TestKey};
     use crate::token::TokenError;
 
     fn config(binding: &str) -> Config {
-        let issuer = TestIssuer::new(TestKey::es256());
-        let v = json!({
-            "issuer": issuer.issuer, "audience": issuer.audience, "jwks": issuer.jwks(),
-            "binding": binding, "public_url": "https://mcp.example.com/mcp"
-        });
-        Config::from_json(v.to_string().as_bytes()).unwrap()
+        crate::testkit::test_config(binding, json!({}))
     }
 
     const RM: &str = r#"resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#;

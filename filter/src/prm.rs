@@ -38,16 +38,10 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::testkit::{TestIssuer, TestKey};
 
     fn config(binding: &str) -> Config {
-        let issuer = TestIssuer::new(TestKey::es256());
-        let v = json!({
-            "issuer": issuer.issuer, "audience": issuer.audience, "jwks": issuer.jwks(),
-            "binding": binding, "public_url": "https://mcp.example.com/mcp",
-            "resource_metadata": {"authorization_servers": ["https://auth.example.com"], "scopes_supported": ["mcp:echo"]}
-        });
-        Config::from_json(v.to_string().as_bytes()).unwrap()
+        let metadata = json!({"authorization_servers": ["https://auth.example.com"], "scopes_supported": ["mcp:echo"]});
+        crate::testkit::test_config(binding, json!({"resource_metadata": metadata}))
     }
 
     #[test]

@@ -134,6 +134,20 @@ impl TestKey {
     }
 }
 
+/// A loaded configuration for a test issuer's inline keys, `binding`, the public URL
+/// `https://mcp.example.com/mcp`, and the members of `extra` added.
+pub fn test_config(binding: &str, extra: Value) -> crate::config::Config {
+    let issuer = TestIssuer::new(TestKey::es256());
+    let mut v = json!({
+        "issuer": issuer.issuer, "audience": issuer.audience, "jwks": issuer.jwks(),
+        "binding": binding, "public_url": "https://mcp.example.com/mcp"
+    });
+    if let (Value::Object(base), Value::Object(extra)) = (&mut v, extra) {
+        base.extend(extra);
+    }
+    crate::config::Config::from_json(v.to_string().as_bytes()).unwrap()
+}
+
 /// base64url(SHA-256(token)): a proof's `ath`.
 pub fn ath(token: &str) -> String {
     b64url_encode(&sha256(token.as_bytes()))
