@@ -23,6 +23,16 @@ fn serve(h: &mut Harness, keys: &Arc<Mutex<Value>>) {
     h.on_http_call(move |_call| HttpCallReply::json(keys.lock().unwrap().to_string()));
 }
 
+/// A configured filter whose JWKS endpoint serves the key set the test holds (and may change).
+fn with_served_keys(w: &World) -> (Harness, Arc<Mutex<Value>>) {
+    let mut h = load_filter();
+    h.add_cluster("authz").set_time(NOW);
+    let keys = Arc::new(Mutex::new(w.issuer.jwks()));
+    serve(&mut h, &keys);
+    h.configure(&remote_config(w, "authz")).unwrap();
+    (h, keys)
+}
+
 /// A configured filter whose JWKS fetch is held, unanswered, for the test to answer.
 fn with_fetch_held(w: &World) -> Harness {
     let mut h = load_filter();
@@ -45,10 +55,7 @@ fn reason(outcome: &Outcome) -> String {
 #[test]
 fn first_load_goes_through_the_cluster_and_tokens_then_verify() {
     let w = World::new();
-    let mut h = load_filter();
-    h.add_cluster("authz").set_time(NOW);
-    serve(&mut h, &Arc::new(Mutex::new(w.issuer.jwks())));
-    h.configure(&remote_config(&w, "authz")).unwrap();
+    let (mut h, _keys) = with_served_keys(&w);
 
     let calls = h.http_calls().to_vec();
     assert_eq!(calls.len(), 1, "one fetch at configure");
@@ -150,11 +157,7 @@ fn an_unknown_cluster_is_a_503_not_a_hang() {
 #[test]
 fn keys_are_refreshed_on_tick() {
     let w = World::new();
-    let mut h = load_filter();
-    h.add_cluster("authz").set_time(NOW);
-    let keys = Arc::new(Mutex::new(w.issuer.jwks()));
-    serve(&mut h, &keys);
-    h.configure(&remote_config(&w, "authz")).unwrap();
+    let (mut h, keys) = with_served_keys(&w);
     assert_eq!(h.http_calls().len(), 1);
 
     // The issuer rotates to a new key under the same kid; the old key is gone.
@@ -178,11 +181,7 @@ fn keys_are_refreshed_on_tick() {
 #[test]
 fn an_unknown_kid_triggers_one_refetch_per_30_seconds() {
     let w = World::new();
-    let mut h = load_filter();
-    h.add_cluster("authz").set_time(NOW);
-    let keys = Arc::new(Mutex::new(w.issuer.jwks()));
-    serve(&mut h, &keys);
-    h.configure(&remote_config(&w, "authz")).unwrap();
+    let (mut h, keys) = with_served_keys(&w);
 
     // The issuer adds a key "k2" and signs with it.
     let mut k2 = TestIssuer::new(TestKey::es256());

@@ -569,6 +569,24 @@ pub fn scenarios(w: &World) -> Vec<Scenario> {
             refused(400, "malformed_request"),
         ),
         one(
+            "GET with a body",
+            base.clone(),
+            w.dpop_request("GET", "/mcp", &w.dpop_token("")).json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})),
+            refused(400, "malformed_request"),
+        ),
+        one(
+            "two Authorization headers",
+            base.clone(),
+            w.call("get_forecast", "weather:read").header("authorization", "Bearer second"),
+            refused_with(400, "malformed_request", &["error=\"invalid_request\""]),
+        ),
+        one(
+            "POST without a content type",
+            base.clone(),
+            w.call("get_forecast", "weather:read").without_header("content-type"),
+            refused(415, "malformed_request"),
+        ),
+        one(
             "Basic credentials are no token",
             base.clone(),
             Req::new("POST", "/mcp").header("authorization", "Basic dXNlcjpwYXNz").json(&tools_call(1, "get_forecast")),
