@@ -260,6 +260,20 @@ fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_command: &mut Command) {}
 
+/// The working directory of a test's Envoy: `target/e2e-envoy/<name>` (config and log).
+pub fn work_dir(name: &str) -> PathBuf {
+    workspace_root().join("target/e2e-envoy").join(name)
+}
+
+/// When [`Envoy::start_with_config`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Envoy is LIVE and the filter has loaded the issuer's keys (`jwks_fetch_ok` >= 1).
+    KeysLoaded,
+    /// Envoy is LIVE (its listeners serve), whatever the filter's state.
+    Live,
+}
+
 /// A running Envoy; killed when dropped.
 pub struct Envoy {
     child: Child,
@@ -272,23 +286,37 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy and waits until the filter has loaded the issuer's keys.
     pub async fn start(spec: &Spec) -> Result<Envoy, Error> {
-        let binary = binary()?;
-        let dir = workspace_root().join("target/e2e-envoy").join(&spec.name);
+        let dir = work_dir(&spec.name);
         fs::create_dir_all(&dir).map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
         let config = dir.join("envoy.json");
+        let pretty = serde_json::to_string_pretty(&spec.bootstrap()).map_err(|e| Error::msg(e.to_string()))?;
+        fs::write(&config, pretty).map_err(|e| Error::msg(format!("{}: {e}", config.display())))?;
+        Envoy::start_with_config(&dir, &config, spec.listen_port, spec.concurrency, Ready::KeysLoaded).await
+    }
+
+    /// Starts Envoy with a configuration file the caller wrote (e.g. a filled-in template of
+    /// `envoy/`), its log and admin-address file in `dir`, and waits as `ready` says. The admin
+    /// listener may use port 0: its address is read from `--admin-address-path`.
+    pub async fn start_with_config(
+        dir: &Path,
+        config: &Path,
+        listen_port: u16,
+        concurrency: u32,
+        ready: Ready,
+    ) -> Result<Envoy, Error> {
+        let binary = binary()?;
+        fs::create_dir_all(dir).map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
         let admin_file = dir.join("admin-address");
         let log = dir.join("envoy.log");
         let _ = fs::remove_file(&admin_file);
-        let pretty = serde_json::to_string_pretty(&spec.bootstrap()).map_err(|e| Error::msg(e.to_string()))?;
-        fs::write(&config, pretty).map_err(|e| Error::msg(format!("{}: {e}", config.display())))?;
         let log_file = fs::File::create(&log).map_err(|e| Error::msg(format!("{}: {e}", log.display())))?;
         let log_err = log_file.try_clone().map_err(|e| Error::msg(e.to_string()))?;
         let mut command = Command::new(&binary);
         die_with_parent(&mut command);
         let child = command
             .arg("-c")
-            .arg(&config)
-            .args(["--disable-hot-restart", "--concurrency", &spec.concurrency.to_string()])
+            .arg(config)
+            .args(["--disable-hot-restart", "--concurrency", &concurrency.to_string()])
             .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
             // Access logs are flushed every 10 s by default; tests read them at once.
             .args(["--file-flush-interval-msec", "100"])
@@ -303,13 +331,23 @@ impl Envoy {
         let mut envoy = Envoy {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            port: spec.listen_port,
+            port: listen_port,
             log,
             http: crate::agent::http_client()?,
         };
         envoy.admin = envoy.wait_for_admin(&admin_file).await?;
-        envoy.wait_until_serving().await?;
+        envoy.wait_until_serving(ready).await?;
         Ok(envoy)
+    }
+
+    /// The Envoy process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the Envoy process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.exited().is_none()
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -347,12 +385,17 @@ impl Envoy {
         }
     }
 
-    /// Ready when Envoy says LIVE and the filter has fetched the JWKS through `authz`.
-    async fn wait_until_serving(&mut self) -> Result<(), Error> {
+    /// Ready when Envoy says LIVE and (for [`Ready::KeysLoaded`]) the filter has fetched the
+    /// JWKS through `authz`.
+    async fn wait_until_serving(&mut self, ready: Ready) -> Result<(), Error> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let live = self.admin_get("/ready").await.map(|(s, _)| s == 200).unwrap_or(false);
-            if live && self.counter("wasmcustom.mcp_guard.jwks_fetch_ok").await.unwrap_or(0) >= 1 {
+            let keys = match ready {
+                Ready::KeysLoaded => self.counter("wasmcustom.mcp_guard.jwks_fetch_ok").await.unwrap_or(0) >= 1,
+                Ready::Live => true,
+            };
+            if live && keys {
                 return Ok(());
             }
             if let Some(why) = self.exited() {
