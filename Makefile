@@ -48,7 +48,7 @@ lint:
 ## native core and on the built .wasm, the policies, the CLI, and the real-Envoy end-to-end tests.
 test: wasm lint test-native test-wasm32
 
-test-native: wasm envoy
+test-native: wasm envoy oidc differential-deps
 	MCP_GUARD_WASM=$(CURDIR)/$(WASM) cargo test --workspace
 
 test-wasm32: setup
@@ -57,3 +57,32 @@ test-wasm32: setup
 
 clean:
 	cargo clean
+
+## oidc: the real authorization server tests/e2e_oidc.rs runs (npm oidc-provider, its version
+## pinned by tests/oidc/package-lock.json), installed by `npm ci` into tests/oidc/node_modules
+## when that is missing or older than the lockfile.
+.PHONY: oidc
+OIDC_STAMP := tests/oidc/node_modules/.package-lock.json
+oidc: $(OIDC_STAMP)
+$(OIDC_STAMP): tests/oidc/package-lock.json tests/oidc/package.json
+	@{ command -v node && command -v npm; } >/dev/null || { echo "node and npm are required for tests/oidc (Debian: apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix tests/oidc --no-audit --no-fund
+	@touch $@
+
+## differential-deps: the MCP SDKs tests/parser_differential.rs compares the filter's decoder with:
+## the Python SDK (pinned in tests/differential/requirements.txt) in .venv-diff/, and the
+## TypeScript SDK (pinned by tests/differential/package-lock.json) by `npm ci` into
+## tests/differential/node_modules; each redone when its pins are newer than the install.
+.PHONY: differential-deps
+DIFF_PY_STAMP := .venv-diff/requirements.installed
+DIFF_NODE_STAMP := tests/differential/node_modules/.package-lock.json
+differential-deps: $(DIFF_PY_STAMP) $(DIFF_NODE_STAMP)
+$(DIFF_PY_STAMP): tests/differential/requirements.txt
+	@command -v python3 >/dev/null || { echo "python3 (>= 3.10) is required for tests/differential (Debian: apt-get install python3 python3-venv)"; exit 1; }
+	python3 -m venv .venv-diff
+	.venv-diff/bin/pip install --quiet --disable-pip-version-check -r tests/differential/requirements.txt
+	@cp tests/differential/requirements.txt $@
+$(DIFF_NODE_STAMP): tests/differential/package-lock.json tests/differential/package.json
+	@{ command -v node && command -v npm; } >/dev/null || { echo "node and npm are required for tests/differential (Debian: apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix tests/differential --no-audit --no-fund
+	@touch $@

@@ -205,9 +205,8 @@ impl Guard {
                 let Some(content_type) = head.single("content-type") else {
                     return self.early(Denial::UnsupportedMediaType);
                 };
-                let media = String::from_utf8_lossy(content_type);
-                let essence = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                if essence != "application/json" || head.values("content-type").count() > 1 {
+                // JSON in UTF-8 only: a server that honours another charset reads another body.
+                if !mcp::is_json_content_type(content_type) || head.values("content-type").count() > 1 {
                     return self.early(Denial::UnsupportedMediaType);
                 }
             }

@@ -232,6 +232,32 @@ pub fn decode(body: &[u8]) -> Result<Body, Malformed> {
     }
 }
 
+/// Whether a request's `Content-Type` value declares JSON the way [`decode`] reads it: the media
+/// type `application/json` (any case) with no `charset` parameter, or exactly `charset=utf-8`
+/// (any case, optionally quoted). Anything else that mentions a charset is refused, since some
+/// servers decode the body in the declared charset: the TypeScript SDK's `createMcpExpressApp`
+/// (`express.json()`) reads `charset=utf-7`, where `+ACI-` is a quote, so a body this module reads
+/// as one tool call can be another to the server. Other parameters are ignored by every reader
+/// and allowed; a value that is not ASCII is refused.
+pub fn is_json_content_type(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    if !value.is_ascii() {
+        return false;
+    }
+    let value = value.to_ascii_lowercase();
+    let (essence, parameters) = value.split_once(';').unwrap_or((value.as_str(), ""));
+    if essence.trim() != "application/json" {
+        return false;
+    }
+    if !parameters.contains("charset") {
+        return true;
+    }
+    let parameters: Vec<&str> = parameters.split(';').map(str::trim).filter(|p| !p.is_empty()).collect();
+    matches!(parameters.as_slice(), ["charset=utf-8" | "charset=\"utf-8\""])
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parse level: bytes to an unambiguous tree.
 
@@ -974,6 +1000,48 @@ mod tests {
         ] {
             assert_eq!(err(&bad), DecodeError::InvalidJson, "{bad}");
         }
+    }
+
+    // --- content type --------------------------------------------------------------------------
+
+    #[test]
+    fn json_content_types_in_utf8_only() {
+        for fine in [
+            "application/json",
+            "Application/JSON",
+            " application/json ",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/json ; charset=utf-8 ;",
+            "application/json; foo=bar",
+        ] {
+            assert!(is_json_content_type(fine.as_bytes()), "{fine}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/json-patch+json",
+            "application/json, text/plain",
+            // Another charset: express.json() decodes the body in it (UTF-7 turns `+ACI-` into `"`).
+            "application/json; charset=utf-7",
+            "application/json; CHARSET=\"UTF-7\"",
+            "application/json; charset=\"utf\\-7\"",
+            "application/json; charset=utf-16le",
+            "application/json; charset=latin1",
+            "application/json; charset=utf8",
+            // Two charsets, or a charset beside other parameters: refused rather than guessed.
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; charset=utf-7; charset=utf-8",
+            "application/json; foo=bar; charset=utf-8",
+            "application/json; x=\"a;charset=utf-7\"",
+            "application/json; charset = utf-8",
+        ] {
+            assert!(!is_json_content_type(refused.as_bytes()), "{refused}");
+        }
+        assert!(!is_json_content_type(b"application/json; charset=\xff"));
+        assert!(!is_json_content_type("application/json; x=\u{e9}".as_bytes()));
     }
 
     // --- codes and reasons ----------------------------------------------------------------------
