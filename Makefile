@@ -48,7 +48,7 @@ lint:
 ## native core and on the built .wasm, the policies, the CLI, and the real-Envoy end-to-end tests.
 test: wasm lint test-native test-wasm32
 
-test-native: wasm envoy oidc differential-deps
+test-native: wasm wasm-trap envoy oidc differential-deps
 	MCP_GUARD_WASM=$(CURDIR)/$(WASM) cargo test --workspace
 
 test-wasm32: setup
@@ -57,6 +57,18 @@ test-wasm32: setup
 
 clean:
 	cargo clean
+
+## wasm-trap: a TEST-ONLY build of the filter that traps on `x-mcp-guard-test-trap: 1` (feature
+## trap-for-tests), in its own target dir so it never replaces the release .wasm. The fail-closed
+## tests in tests/attack_envoy.rs load it in Envoy. attack: the long resource-bound floods against
+## real Envoy (minutes; the short versions run in `make test`).
+.PHONY: wasm-trap attack
+WASM_TRAP := target/trap-wasm/wasm32-wasip1/release/mcp_guard.wasm
+wasm-trap: setup
+	cargo build -p mcp-guard --target wasm32-wasip1 --release --features trap-for-tests --target-dir target/trap-wasm
+attack: wasm wasm-trap envoy
+	MCP_GUARD_WASM=$(CURDIR)/$(WASM) MCP_GUARD_TRAP_WASM=$(CURDIR)/$(WASM_TRAP) \
+		cargo test -p mcp-guard-tests --test attack_envoy -- --ignored --test-threads 1
 
 ## oidc: the real authorization server tests/e2e_oidc.rs runs (npm oidc-provider, its version
 ## pinned by tests/oidc/package-lock.json), installed by `npm ci` into tests/oidc/node_modules

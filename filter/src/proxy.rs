@@ -625,8 +625,21 @@ impl Context for GuardStream {
     }
 }
 
+/// TEST-ONLY (feature `trap-for-tests`, never in a release build): a request with
+/// `x-mcp-guard-test-trap: 1` traps the VM, as a bug would, for the fail-closed tests.
+#[cfg(feature = "trap-for-tests")]
+fn trap_for_tests() {
+    if let Ok(Some(value)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-mcp-guard-test-trap") {
+        if value == b"1" {
+            core::arch::wasm32::unreachable();
+        }
+    }
+}
+
 impl HttpContext for GuardStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "trap-for-tests")]
+        trap_for_tests();
         let Some(guard) = self.guard() else {
             return self.refuse_now(&crate::answer::keys_unavailable(), Some(&Denial::KeysUnavailable));
         };

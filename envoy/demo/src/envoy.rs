@@ -422,6 +422,11 @@ impl Envoy {
         Ok((status, body))
     }
 
+    /// GET an admin endpoint (e.g. `/ready`, `/memory`): its status and body.
+    pub async fn admin(&self, path: &str) -> Result<(u16, String), Error> {
+        self.admin_get(path).await
+    }
+
     /// Every counter and gauge in the admin `/stats` (histograms are left out).
     pub async fn stats(&self) -> Result<BTreeMap<String, u64>, Error> {
         let (status, body) = self.admin_get("/stats").await?;
