@@ -1,25 +1,26 @@
 //! JOSE building blocks shared by access tokens and DPoP proofs: strict base64url, the compact
-//! JWS split, the algorithms we accept, public keys built from JWKs, and signature verification
-//! over `header.payload`.
+//! JWS split, the algorithms we accept, public keys read from JWKs, RFC 7638 thumbprints, and
+//! signature verification over `header.payload`.
 //!
-//! jwt-simple parses and checks JWKs (it refuses private members, a `use` other than `sig`, an
-//! `alg` that does not fit the key) and computes RFC 7638 thumbprints. Its token verifier types
-//! a header's `jwk` as a string, so a DPoP proof cannot go through it: signatures are verified
-//! here, directly with the curve crates jwt-simple itself uses.
+//! The signature schemes sit in the submodules, each on a small, audited arithmetic crate:
+//! [`ec`] (ES256, ES384: RustCrypto `p256`/`p384`), [`ed25519`] (EdDSA: `curve25519-dalek`, whose
+//! 32-bit backend suits wasm32), [`rsa`] (RS*/PS*: `crypto-bigint`). Verification handles public
+//! data only (key, message, signature), so variable-time arithmetic there leaks nothing secret.
+//!
+//! A key that verifies many signatures (a DPoP client's key: one proof per request) can be
+//! [`KeyMaterial::precomputed`]: tables of multiples of its point turn the variable-base half of
+//! each verification into a fixed-base one (see [`crate::dpop`] for the cache that keeps them).
 #![forbid(unsafe_code)]
+
+mod ec;
+mod ed25519;
+mod rsa;
+
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_simple::prelude::{
-    ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, ES256PublicKey, ES384PublicKey,
-    EdDSAPublicKeyLike, Ed25519PublicKey, PS256PublicKey, PS384PublicKey, PS512PublicKey,
-    RS256PublicKey, RS384PublicKey, RS512PublicKey, RSAPublicKeyLike,
-};
 use serde_json::{Map, Value};
-use superboring::hash::MessageDigest;
-use superboring::pkey::{PKey, Public};
-use superboring::rsa::{Padding, Rsa};
-use superboring::sign::Verifier;
 
 /// Longest compact JWS we look at. Access tokens and proofs are a few KB; anything larger is an
 /// attack on the parser, not a credential.
@@ -139,189 +140,318 @@ impl Alg {
 /// Why a JWK could not become a verification key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwkError {
-    /// `kty`/`crv` we do not verify with (e.g. `oct`, `secp256k1`).
+    /// `kty`/`crv` we do not verify with (e.g. `oct`, `secp256k1`), or an `alg` we do not know.
     Unsupported(String),
     /// The JWK carries private key material (`d`, `p`, …).
     PrivateMaterial,
-    /// jwt-simple refused it: bad coordinates, a point off the curve, an RSA key under 2048
-    /// bits, an `alg` or `use` that does not fit the key.
+    /// Bad coordinates, a point off the curve or of small order, an RSA key outside 2048–4096
+    /// bits or with an exponent other than 65537, an `alg`, `use` or `key_ops` that does not
+    /// fit a public signature key, material members of another key type.
     Invalid(String),
 }
 
-/// A public key from a JWK, ready to verify.
-#[derive(Clone)]
-pub struct PublicKey {
-    kind: KeyKind,
-    /// The JWK's own `alg`, when it names one: then only that algorithm may be used with it.
-    pinned_alg: Option<Alg>,
-    /// RFC 7638 thumbprint, base64url.
-    thumbprint: String,
-}
-
-#[derive(Clone)]
-#[allow(clippy::large_enum_variant)] // a handful of keys per worker; boxing buys nothing
-enum KeyKind {
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_compact::PublicKey),
-    Rsa(Rsa<Public>),
-}
-
-impl std::fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            KeyKind::P256(_) => "P-256",
-            KeyKind::P384(_) => "P-384",
-            KeyKind::Ed25519(_) => "Ed25519",
-            KeyKind::Rsa(_) => "RSA",
-        };
-        write!(f, "PublicKey({kind}, {})", self.thumbprint)
-    }
+fn invalid(why: &str) -> JwkError {
+    JwkError::Invalid(why.to_string())
 }
 
 /// Private members of every key type (RFC 7518 §6, RFC 8037 §2).
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+/// Every key-material member of the registered key types; a JWK may carry only its own.
+const MATERIAL_MEMBERS: [&str; 13] = ["crv", "x", "y", "d", "n", "e", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
-impl PublicKey {
-    /// Builds a key from a JWK object. The JWK's `alg`, if any, pins the algorithm.
-    pub fn from_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, JwkError> {
+/// The key types we verify with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kty {
+    P256,
+    P384,
+    Ed25519,
+    Rsa,
+}
+
+impl Kty {
+    fn public_members(self) -> &'static [&'static str] {
+        match self {
+            Kty::P256 | Kty::P384 => &["crv", "x", "y"],
+            Kty::Ed25519 => &["crv", "x"],
+            Kty::Rsa => &["n", "e"],
+        }
+    }
+
+    /// Whether a key of this type can verify `alg` at all (curve and family).
+    fn fits(self, alg: Alg) -> bool {
+        matches!(
+            (self, alg),
+            (Kty::P256, Alg::Es256)
+                | (Kty::P384, Alg::Es384)
+                | (Kty::Ed25519, Alg::Ed25519)
+                | (Kty::Rsa, Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512)
+        )
+    }
+}
+
+/// A JWK whose members were checked: a public signature key of a type we verify with, its
+/// material members present (not yet decoded), its own `alg` if it names one.
+#[derive(Debug, Clone)]
+pub struct CheckedJwk<'a> {
+    kty: Kty,
+    /// `x` (EC, OKP) or `n` (RSA).
+    first: &'a str,
+    /// `y` (EC), `e` (RSA), empty for OKP.
+    second: &'a str,
+    pinned_alg: Option<Alg>,
+}
+
+impl<'a> CheckedJwk<'a> {
+    /// Checks a JWK object's members (as jwt-simple's importer did, and RFC 7517 §4 asks):
+    /// no private material, a supported `kty`/`crv`, only this type's material members, `use`
+    /// `sig` and `key_ops` `["verify"]` when present, and an `alg`, when present, that fits.
+    pub fn read(jwk: &'a Map<String, Value>) -> Result<CheckedJwk<'a>, JwkError> {
         if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
             return Err(JwkError::PrivateMaterial);
         }
-        let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
-        let crv = jwk.get("crv").and_then(Value::as_str).unwrap_or("");
-        let jwk_alg = match jwk.get("alg") {
+        let kty_name = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
+        let crv = jwk.get("crv").and_then(Value::as_str);
+        let kty = match (kty_name, crv) {
+            ("EC", Some("P-256")) => Kty::P256,
+            ("EC", Some("P-384")) => Kty::P384,
+            ("OKP", Some("Ed25519")) => Kty::Ed25519,
+            ("RSA", _) => Kty::Rsa,
+            _ => return Err(JwkError::Unsupported(format!("kty {kty_name:?} crv {:?}", crv.unwrap_or("")))),
+        };
+        let pinned_alg = match jwk.get("alg") {
             None => None,
-            Some(Value::String(name)) => Some(
-                Alg::parse(name).ok_or_else(|| JwkError::Unsupported(format!("alg {name}")))?,
-            ),
-            Some(_) => return Err(JwkError::Invalid("alg is not a string".into())),
+            Some(Value::String(name)) => {
+                Some(Alg::parse(name).ok_or_else(|| JwkError::Unsupported(format!("alg {name}")))?)
+            }
+            Some(_) => return Err(invalid("alg is not a string")),
         };
-        let text = serde_json::to_string(jwk).map_err(|e| JwkError::Invalid(e.to_string()))?;
-        let invalid = |e: jwt_simple::Error| JwkError::Invalid(e.to_string());
-        let (kind, thumbprint) = match (kty, crv) {
-            ("EC", "P-256") => {
-                let key = ES256PublicKey::from_jwk(&text).map_err(invalid)?;
-                (KeyKind::P256(*key.public_key().as_ref()), key.jwk_thumbprint())
-            }
-            ("EC", "P-384") => {
-                let key = ES384PublicKey::from_jwk(&text).map_err(invalid)?;
-                (KeyKind::P384(*key.public_key().as_ref()), key.jwk_thumbprint())
-            }
-            ("OKP", "Ed25519") => {
-                let key = Ed25519PublicKey::from_jwk(&text).map_err(invalid)?;
-                (KeyKind::Ed25519(*key.public_key().as_ref()), key.jwk_thumbprint())
-            }
-            ("RSA", _) => {
-                // jwt-simple's RSA importers each accept only their own `alg` member.
-                let (rsa, thumbprint) = match jwk_alg.unwrap_or(Alg::Rs256) {
-                    Alg::Rs384 => rsa_parts(RS384PublicKey::from_jwk(&text).map_err(invalid)?),
-                    Alg::Rs512 => rsa_parts(RS512PublicKey::from_jwk(&text).map_err(invalid)?),
-                    Alg::Ps256 => rsa_parts(PS256PublicKey::from_jwk(&text).map_err(invalid)?),
-                    Alg::Ps384 => rsa_parts(PS384PublicKey::from_jwk(&text).map_err(invalid)?),
-                    Alg::Ps512 => rsa_parts(PS512PublicKey::from_jwk(&text).map_err(invalid)?),
-                    _ => rsa_parts(RS256PublicKey::from_jwk(&text).map_err(invalid)?),
-                };
-                (KeyKind::Rsa(rsa), thumbprint)
-            }
-            _ => return Err(JwkError::Unsupported(format!("kty {kty:?} crv {crv:?}"))),
-        };
-        let key = PublicKey { kind, pinned_alg: jwk_alg, thumbprint };
-        if let Some(alg) = jwk_alg {
-            if !key.fits(alg) {
+        let own = kty.public_members();
+        if let Some(foreign) = MATERIAL_MEMBERS.iter().find(|m| jwk.contains_key(**m) && !own.contains(m)) {
+            return Err(JwkError::Invalid(format!("member {foreign:?} does not belong to this key type")));
+        }
+        match jwk.get("use") {
+            None => {}
+            Some(Value::String(u)) if u == "sig" => {}
+            Some(_) => return Err(invalid("use is not \"sig\"")),
+        }
+        match jwk.get("key_ops") {
+            None => {}
+            Some(Value::Array(ops)) if ops.len() <= 1 && ops.iter().all(|op| op == "verify") => {}
+            Some(_) => return Err(invalid("key_ops allows more than \"verify\"")),
+        }
+        if let Some(alg) = pinned_alg {
+            if !kty.fits(alg) {
                 return Err(JwkError::Invalid(format!("alg {} does not fit the key", alg.name())));
             }
         }
-        Ok(key)
+        let member = |name: &str| match jwk.get(name) {
+            Some(Value::String(s)) => Ok(s.as_str()),
+            _ => Err(JwkError::Invalid(format!("{name} is missing or not a string"))),
+        };
+        let (first, second) = match kty {
+            Kty::P256 | Kty::P384 => (member("x")?, member("y")?),
+            Kty::Ed25519 => (member("x")?, ""),
+            Kty::Rsa => (member("n")?, member("e")?),
+        };
+        Ok(CheckedJwk { kty, first, second, pinned_alg })
     }
 
+    /// The JWK's own `alg`, when it names one.
+    pub fn pinned_alg(&self) -> Option<Alg> {
+        self.pinned_alg
+    }
+
+    /// Whether a JWS with header `alg` may be verified with this key (see [`PublicKey::allows`]).
+    pub fn allows(&self, alg: Alg) -> bool {
+        self.kty.fits(alg) && self.pinned_alg.is_none_or(|pinned| pinned == alg)
+    }
+
+    /// Identifies the key material: the same for every JWK of the same public key, whatever
+    /// its other members (`kid`, `alg`, member order), different for any other key. For EC and
+    /// OKP keys (fixed-size members, strict base64url) it is the RFC 7638 thumbprint input.
+    pub fn material_id(&self) -> String {
+        match self.kty {
+            Kty::P256 | Kty::P384 => {
+                let crv = if self.kty == Kty::P256 { "P-256" } else { "P-384" };
+                format!(r#"{{"crv":"{crv}","kty":"EC","x":"{}","y":"{}"}}"#, self.first, self.second)
+            }
+            Kty::Ed25519 => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, self.first),
+            Kty::Rsa => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, self.second, self.first),
+        }
+    }
+}
+
+/// Decodes base64url into exactly `N` bytes.
+fn fixed<const N: usize>(text: &str, what: &str) -> Result<[u8; N], JwkError> {
+    b64url_decode(text)
+        .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
+        .ok_or_else(|| JwkError::Invalid(format!("{what} is not {N} bytes of base64url")))
+}
+
+/// The decoded public key of a JWK, with its RFC 7638 thumbprint; the JWK's `alg` is not part
+/// of it (see [`PublicKey`]).
+pub struct KeyMaterial {
+    kind: KeyKind,
+    thumbprint: String,
+}
+
+#[allow(clippy::large_enum_variant)] // a handful of keys per worker; boxing buys nothing
+enum KeyKind {
+    P256(ec::P256Key),
+    P384(ec::P384Key),
+    Ed25519(ed25519::Ed25519Key),
+    Rsa(rsa::RsaKey),
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            KeyKind::P256(k) if k.is_precomputed() => "P-256, precomputed",
+            KeyKind::P256(_) => "P-256",
+            KeyKind::P384(_) => "P-384",
+            KeyKind::Ed25519(k) if k.is_precomputed() => "Ed25519, precomputed",
+            KeyKind::Ed25519(_) => "Ed25519",
+            KeyKind::Rsa(_) => "RSA",
+        };
+        write!(f, "KeyMaterial({kind}, {})", self.thumbprint)
+    }
+}
+
+impl KeyMaterial {
+    /// Decodes and validates the key: EC points on their curve (and not the identity), an
+    /// Ed25519 point canonical and not of small order, an RSA modulus of 2048–4096 bits with
+    /// exponent 65537.
+    pub fn decode(jwk: &CheckedJwk<'_>) -> Result<KeyMaterial, JwkError> {
+        let kind = match jwk.kty {
+            Kty::P256 => {
+                let (x, y) = (fixed::<32>(jwk.first, "x")?, fixed::<32>(jwk.second, "y")?);
+                KeyKind::P256(ec::P256Key::from_coordinates(&x, &y).ok_or_else(|| invalid("not a point of P-256"))?)
+            }
+            Kty::P384 => {
+                let (x, y) = (fixed::<48>(jwk.first, "x")?, fixed::<48>(jwk.second, "y")?);
+                KeyKind::P384(ec::P384Key::from_coordinates(&x, &y).ok_or_else(|| invalid("not a point of P-384"))?)
+            }
+            Kty::Ed25519 => {
+                let x = fixed::<32>(jwk.first, "x")?;
+                KeyKind::Ed25519(
+                    ed25519::Ed25519Key::from_bytes(&x).ok_or_else(|| invalid("not a usable Ed25519 public key"))?,
+                )
+            }
+            Kty::Rsa => {
+                if jwk.second != "AQAB" {
+                    return Err(invalid("RSA exponent is not 65537"));
+                }
+                let n = b64url_decode(jwk.first).ok_or_else(|| invalid("n is not base64url"))?;
+                KeyKind::Rsa(rsa::RsaKey::from_modulus(&n).map_err(invalid)?)
+            }
+        };
+        let thumbprint_input = match &kind {
+            // The modulus without a sign byte, as RFC 7638 §3.2 and RFC 7518 §6.3.1.1 spell it.
+            KeyKind::Rsa(key) => format!(r#"{{"e":"AQAB","kty":"RSA","n":"{}"}}"#, b64url_encode(key.modulus())),
+            _ => jwk.material_id(),
+        };
+        Ok(KeyMaterial { kind, thumbprint: b64url_encode(&sha256(thumbprint_input.as_bytes())) })
+    }
+
+    /// RFC 7638 thumbprint, base64url.
     pub fn thumbprint(&self) -> &str {
         &self.thumbprint
     }
 
+    fn kty(&self) -> Kty {
+        match self.kind {
+            KeyKind::P256(_) => Kty::P256,
+            KeyKind::P384(_) => Kty::P384,
+            KeyKind::Ed25519(_) => Kty::Ed25519,
+            KeyKind::Rsa(_) => Kty::Rsa,
+        }
+    }
+
     /// Whether the key type can verify `alg` at all (curve and family).
-    fn fits(&self, alg: Alg) -> bool {
-        matches!(
-            (&self.kind, alg),
-            (KeyKind::P256(_), Alg::Es256)
-                | (KeyKind::P384(_), Alg::Es384)
-                | (KeyKind::Ed25519(_), Alg::Ed25519)
-                | (
-                    KeyKind::Rsa(_),
-                    Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512
-                )
-        )
+    pub fn fits(&self, alg: Alg) -> bool {
+        self.kty().fits(alg)
+    }
+
+    /// The same key with a table of multiples of its point (P-256: 25 KB, Ed25519: 42 KB),
+    /// which makes each later verification about twice as cheap; `None` for other key types
+    /// and keys that have one. Costs two or three verifications' worth of time, once.
+    pub fn precomputed(&self) -> Option<KeyMaterial> {
+        let kind = match &self.kind {
+            KeyKind::P256(key) if !key.is_precomputed() => KeyKind::P256(key.precomputed()),
+            KeyKind::Ed25519(key) if !key.is_precomputed() => KeyKind::Ed25519(key.precomputed()),
+            _ => return None,
+        };
+        Some(KeyMaterial { kind, thumbprint: self.thumbprint.clone() })
+    }
+
+    pub fn is_precomputed(&self) -> bool {
+        match &self.kind {
+            KeyKind::P256(key) => key.is_precomputed(),
+            KeyKind::Ed25519(key) => key.is_precomputed(),
+            KeyKind::P384(_) | KeyKind::Rsa(_) => false,
+        }
+    }
+
+    /// Verifies `signature` over `signing_input` with `alg` (which must fit the key type).
+    /// False on any mismatch.
+    pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
+        if !self.fits(alg) {
+            return false;
+        }
+        match &self.kind {
+            KeyKind::P256(key) => key.verify(signing_input, signature),
+            KeyKind::P384(key) => key.verify(signing_input, signature),
+            KeyKind::Ed25519(key) => key.verify(signing_input, signature),
+            KeyKind::Rsa(key) => key.verify(alg, signing_input, signature),
+        }
+    }
+}
+
+/// A public key from a JWK, ready to verify: its material, and the JWK's own `alg`.
+#[derive(Clone)]
+pub struct PublicKey {
+    material: Arc<KeyMaterial>,
+    /// The JWK's own `alg`, when it names one: then only that algorithm may be used with it.
+    pinned_alg: Option<Alg>,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({:?}, alg {:?})", self.material, self.pinned_alg)
+    }
+}
+
+impl PublicKey {
+    /// Builds a key from a JWK object. The JWK's `alg`, if any, pins the algorithm.
+    pub fn from_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, JwkError> {
+        let checked = CheckedJwk::read(jwk)?;
+        let material = KeyMaterial::decode(&checked)?;
+        Ok(PublicKey { material: Arc::new(material), pinned_alg: checked.pinned_alg })
+    }
+
+    /// A key from already decoded material (e.g. from a cache) and the JWK's own `alg`.
+    pub fn new(material: Arc<KeyMaterial>, pinned_alg: Option<Alg>) -> PublicKey {
+        PublicKey { material, pinned_alg }
+    }
+
+    pub fn thumbprint(&self) -> &str {
+        self.material.thumbprint()
+    }
+
+    pub fn material(&self) -> &Arc<KeyMaterial> {
+        &self.material
     }
 
     /// Whether a JWS with header `alg` may be verified with this key: the algorithm comes from
     /// the key (its type, and its `alg` member when present), never from the token alone.
     pub fn allows(&self, alg: Alg) -> bool {
-        self.fits(alg) && self.pinned_alg.is_none_or(|pinned| pinned == alg)
+        self.material.fits(alg) && self.pinned_alg.is_none_or(|pinned| pinned == alg)
     }
 
     /// Verifies `signature` over `signing_input` with `alg`. False on any mismatch.
     pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
-        if !self.allows(alg) {
-            return false;
-        }
-        match &self.kind {
-            KeyKind::P256(key) => {
-                use p256::ecdsa::signature::Verifier as _;
-                p256::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            KeyKind::P384(key) => {
-                use p384::ecdsa::signature::Verifier as _;
-                p384::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            KeyKind::Ed25519(key) => ed25519_compact::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-            KeyKind::Rsa(rsa) => verify_rsa(rsa, alg, signing_input, signature),
-        }
+        self.allows(alg) && self.material.verify(alg, signing_input, signature)
     }
-}
-
-fn rsa_parts(key: impl RSAPublicKeyLike + RsaThumbprint) -> (Rsa<Public>, String) {
-    (key.public_key().as_ref().clone(), key.thumbprint())
-}
-
-/// jwt-simple gives each RSA key type its own inherent `jwk_thumbprint`; this lets
-/// [`rsa_parts`] take any of them.
-trait RsaThumbprint {
-    fn thumbprint(&self) -> String;
-}
-
-macro_rules! rsa_thumbprint {
-    ($($t:ty),*) => {$(
-        impl RsaThumbprint for $t {
-            fn thumbprint(&self) -> String {
-                self.jwk_thumbprint()
-            }
-        }
-    )*};
-}
-rsa_thumbprint!(RS256PublicKey, RS384PublicKey, RS512PublicKey, PS256PublicKey, PS384PublicKey, PS512PublicKey);
-
-fn verify_rsa(rsa: &Rsa<Public>, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
-    let (digest, padding) = match alg {
-        Alg::Rs256 => (MessageDigest::sha256(), Padding::PKCS1),
-        Alg::Rs384 => (MessageDigest::sha384(), Padding::PKCS1),
-        Alg::Rs512 => (MessageDigest::sha512(), Padding::PKCS1),
-        Alg::Ps256 => (MessageDigest::sha256(), Padding::PKCS1_PSS),
-        Alg::Ps384 => (MessageDigest::sha384(), Padding::PKCS1_PSS),
-        Alg::Ps512 => (MessageDigest::sha512(), Padding::PKCS1_PSS),
-        _ => return false,
-    };
-    let Ok(pkey) = PKey::from_rsa(rsa.clone()) else {
-        return false;
-    };
-    let Ok(mut verifier) = Verifier::new(digest, &pkey) else {
-        return false;
-    };
-    verifier.set_rsa_padding(padding).is_ok()
-        && verifier.update(signing_input).is_ok()
-        && verifier.verify(signature).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -426,4 +556,97 @@ mod tests {
         );
         assert!(matches!(PublicKey::from_jwk(&off_curve).unwrap_err(), JwkError::Invalid(_)));
     }
+
+    #[test]
+    fn jwk_members_must_fit_a_public_signature_key() {
+        let base = TestKey::es256().public_jwk();
+        assert!(PublicKey::from_jwk(&base).is_ok());
+        let with = |name: &str, value: Value| {
+            let mut jwk = base.clone();
+            jwk.insert(name.into(), value);
+            PublicKey::from_jwk(&jwk)
+        };
+        assert!(with("use", "sig".into()).is_ok());
+        assert!(matches!(with("use", "enc".into()), Err(JwkError::Invalid(_))));
+        assert!(with("key_ops", serde_json::json!(["verify"])).is_ok());
+        assert!(matches!(with("key_ops", serde_json::json!(["sign"])), Err(JwkError::Invalid(_))));
+        assert!(matches!(with("key_ops", serde_json::json!(["verify", "verify"])), Err(JwkError::Invalid(_))));
+        assert!(matches!(with("n", "AQAB".into()), Err(JwkError::Invalid(_))), "RSA member on an EC key");
+        assert!(matches!(with("alg", serde_json::json!(7)), Err(JwkError::Invalid(_))));
+        assert!(matches!(with("alg", "XS256".into()), Err(JwkError::Unsupported(_))));
+        assert!(matches!(with("x", "AAAA".into()), Err(JwkError::Invalid(_))), "short coordinate");
+        let mut no_y = base.clone();
+        no_y.remove("y");
+        assert!(matches!(PublicKey::from_jwk(&no_y), Err(JwkError::Invalid(_))));
+        // An RSA key whose exponent is not 65537.
+        let mut rsa = TestKey::rs256().public_jwk();
+        rsa.insert("e".into(), "Aw".into());
+        assert!(matches!(PublicKey::from_jwk(&rsa), Err(JwkError::Invalid(_))));
+    }
+
+    /// The material id ignores everything but the key (so a cache keyed by it serves the same
+    /// key whatever `kid`/`alg` the JWK carries), and the thumbprint is RFC 7638's.
+    #[test]
+    fn material_id_and_thumbprint() {
+        for signer in [TestKey::es256(), TestKey::es384(), TestKey::ed25519()] {
+            let jwk = signer.public_jwk();
+            let checked = CheckedJwk::read(&jwk).unwrap();
+            assert_eq!(b64url_encode(&sha256(checked.material_id().as_bytes())), signer.thumbprint());
+            let mut other = jwk.clone();
+            other.insert("kid".into(), "k".into());
+            other.insert("alg".into(), signer.alg().into());
+            let checked_other = CheckedJwk::read(&other).unwrap();
+            assert_eq!(checked_other.material_id(), checked.material_id());
+            assert_eq!(checked_other.pinned_alg(), Alg::parse(signer.alg()));
+        }
+    }
+
+    /// A precomputed key verifies exactly what the plain one verifies.
+    #[test]
+    fn precomputed_keys_agree_with_plain_ones() {
+        for signer in [TestKey::es256(), TestKey::ed25519()] {
+            let plain = KeyMaterial::decode(&CheckedJwk::read(&signer.public_jwk()).unwrap()).unwrap();
+            let fast = plain.precomputed().unwrap();
+            assert!(fast.is_precomputed() && !plain.is_precomputed());
+            assert_eq!(fast.thumbprint(), plain.thumbprint());
+            let alg = Alg::parse(signer.alg()).unwrap();
+            for i in 0..8u8 {
+                let jws = signer.sign_jws(&serde_json::json!({"n": i}), &serde_json::json!({"x": i}));
+                let parts = CompactJws::split(&jws).unwrap();
+                let input = parts.signing_input.as_bytes();
+                assert!(plain.verify(alg, input, &parts.signature) && fast.verify(alg, input, &parts.signature));
+                let mut bad = parts.signature.clone();
+                bad[usize::from(i) * 3] ^= 0x40;
+                assert!(!plain.verify(alg, input, &bad) && !fast.verify(alg, input, &bad));
+            }
+        }
+        let rsa = KeyMaterial::decode(&CheckedJwk::read(&TestKey::rs256().public_jwk()).unwrap()).unwrap();
+        assert!(rsa.precomputed().is_none());
+    }
+
+    /// RSA-PSS with each hash, signed by another implementation (superboring, as the test kit
+    /// signs RS256), verified here; RFC 7520's own vectors are in `rsa`.
+    #[test]
+    fn pss_signatures_of_another_implementation_verify() {
+        use jwt_simple::prelude::RSAKeyPairLike as _;
+        use superboring::{hash::MessageDigest, pkey::PKey, rsa::Padding, sign::Signer};
+        let TestKey::Rs256(pair) = TestKey::rs256() else { unreachable!() };
+        let key = PublicKey::from_jwk(&TestKey::Rs256(pair.clone()).public_jwk()).unwrap();
+        let pkey = PKey::from_rsa(pair.key_pair().as_ref().clone()).unwrap();
+        for (alg, md, padding) in [
+            (Alg::Ps256, MessageDigest::sha256(), Padding::PKCS1_PSS),
+            (Alg::Ps384, MessageDigest::sha384(), Padding::PKCS1_PSS),
+            (Alg::Ps512, MessageDigest::sha512(), Padding::PKCS1_PSS),
+            (Alg::Rs384, MessageDigest::sha384(), Padding::PKCS1),
+            (Alg::Rs512, MessageDigest::sha512(), Padding::PKCS1),
+        ] {
+            let mut signer = Signer::new(md, &pkey).unwrap();
+            signer.set_rsa_padding(padding).unwrap();
+            signer.update(b"header.payload").unwrap();
+            let sig = signer.sign_to_vec().unwrap();
+            assert!(key.verify(alg, b"header.payload", &sig), "{alg:?}");
+            assert!(!key.verify(alg, b"header.payloae", &sig), "{alg:?} other message");
+        }
+    }
+
 }

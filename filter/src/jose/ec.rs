@@ -1,0 +1,388 @@
+//! ECDSA verification, ES256 and ES384 (RFC 7518 §3.4: the signature is `r || s`, raw, no
+//! DER), on the group arithmetic of RustCrypto's `p256` and `p384`.
+//!
+//! Verification computes `u1·G + u2·Q` and compares its x-coordinate with `r` (SEC 1 §4.1.4).
+//! Key, message and signature are public, so the variable-time operations used here (wNAF,
+//! skipping zero digits, variable-time inversion) leak nothing secret.
+//!
+//! A P-256 key that verifies many signatures (a DPoP client's) can carry a table of multiples of
+//! its point ([`P256Key::precomputed`]): `u2·Q` then costs at most 66 additions and 4 doublings
+//! instead of ~256 doublings, and `u1·G` at most 43 additions with the generator's wider table
+//! (built once per VM). Measured in wasm32: 2.7 times fewer instructions per verification, and
+//! 2.8 times less time in V8.
+
+use std::sync::OnceLock;
+
+use p256::elliptic_curve::group::Group as _;
+use p256::elliptic_curve::ops::{MulByGeneratorVartime as _, Reduce};
+use p256::elliptic_curve::point::AffineCoordinates as _;
+use p256::elliptic_curve::{Field as _, PrimeField as _};
+use primeorder::LookupTable;
+
+/// Splits a raw `r || s` signature of two `N`-byte halves.
+fn halves<const N: usize>(signature: &[u8]) -> Option<([u8; N], [u8; N])> {
+    if signature.len() != 2 * N {
+        return None;
+    }
+    let (r, s) = signature.split_at(N);
+    Some((r.try_into().ok()?, s.try_into().ok()?))
+}
+
+/// Windows of 8 bits: 32 for the scalar's bytes, one for the carry of the signed recoding.
+const P256_WINDOWS: usize = 33;
+
+/// `table[i]` holds `[1..8]·2^(8i)·Q`.
+struct P256Table(Box<[LookupTable<p256::ProjectivePoint>]>);
+
+impl P256Table {
+    fn new(point: p256::ProjectivePoint) -> P256Table {
+        let mut base = point;
+        let tables = (0..P256_WINDOWS)
+            .map(|_| {
+                let table = LookupTable::new(base);
+                for _ in 0..8 {
+                    base = base.double();
+                }
+                table
+            })
+            .collect();
+        P256Table(tables)
+    }
+
+    /// `k·Q`, variable time: signed radix-16 digits of `k` (each in -8..=8), the even ones
+    /// summed at their window, the odd ones at theirs and shifted by 4 doublings at the end.
+    fn mul_vartime(&self, k: &p256::Scalar) -> p256::ProjectivePoint {
+        let digits = signed_radix16(&k.to_repr().into());
+        let mut even = p256::ProjectivePoint::IDENTITY;
+        let mut odd = p256::ProjectivePoint::IDENTITY;
+        for (table, pair) in self.0.iter().zip(digits.chunks(2)) {
+            if let Some(&d) = pair.first() {
+                if d != 0 {
+                    even += table.select_vartime(d);
+                }
+            }
+            if let Some(&d) = pair.get(1) {
+                if d != 0 {
+                    odd += table.select_vartime(d);
+                }
+            }
+        }
+        for _ in 0..4 {
+            odd = odd.double();
+        }
+        even + odd
+    }
+}
+
+/// The generator's table, built on first use (a few milliseconds in wasm32), then shared:
+/// windows of 6 bits, 44 rows of 32 points (135 KB once per VM), so `u1·G` is at most 44
+/// additions and no doubling.
+fn generator_table() -> &'static WideTable {
+    static TABLE: OnceLock<WideTable> = OnceLock::new();
+    TABLE.get_or_init(|| WideTable::new(p256::ProjectivePoint::GENERATOR))
+}
+
+/// Bits per window of [`WideTable`].
+const WIDE_BITS: usize = 6;
+/// Windows: 256 bits, plus one for the final carry of the signed recoding.
+const WIDE_WINDOWS: usize = 256 / WIDE_BITS + 1;
+
+/// `rows[i][j]` is `(j + 1)·2^(6i)·P` for `j` below 32.
+struct WideTable(Box<[Box<[p256::ProjectivePoint]>]>);
+
+impl WideTable {
+    fn new(point: p256::ProjectivePoint) -> WideTable {
+        let half = 1usize << (WIDE_BITS - 1);
+        let mut base = point;
+        let rows = (0..WIDE_WINDOWS)
+            .map(|_| {
+                let mut row = Vec::with_capacity(half);
+                let mut acc = base;
+                row.push(acc);
+                for _ in 1..half {
+                    acc += base;
+                    row.push(acc);
+                }
+                for _ in 0..WIDE_BITS {
+                    base = base.double();
+                }
+                row.into_boxed_slice()
+            })
+            .collect();
+        WideTable(rows)
+    }
+
+    /// `k·P`, variable time: one signed digit in -32..=32 per window, one addition each.
+    fn mul_vartime(&self, k: &p256::Scalar) -> p256::ProjectivePoint {
+        let be: [u8; 32] = k.to_repr().into();
+        let mut acc = p256::ProjectivePoint::IDENTITY;
+        for (row, digit) in self.0.iter().zip(signed_digits(&be, WIDE_BITS)) {
+            let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
+                continue;
+            };
+            if let Some(point) = row.get(index) {
+                acc += if digit < 0 { -*point } else { *point };
+            }
+        }
+        acc
+    }
+}
+
+/// Signed digits of `width` bits (2..=7) of a big-endian 256-bit integer, least significant
+/// first, each in `-2^(width-1)..=2^(width-1)`, with `sum(d[i]·2^(width·i))` equal to it.
+fn signed_digits(be: &[u8; 32], width: usize) -> Vec<i8> {
+    let bit = |i: usize| be.get(31usize.wrapping_sub(i / 8)).map_or(0, |b| (b >> (i % 8)) & 1);
+    let count = 256 / width + 1;
+    let (full, half) = (1i16 << width, 1i16 << (width - 1));
+    let mut carry = 0i16;
+    (0..count)
+        .map(|w| {
+            let raw = (0..width).fold(0i16, |acc, j| acc | (i16::from(bit(w * width + j)) << j));
+            let value = raw + carry;
+            carry = i16::from(value > half);
+            (value - carry * full) as i8
+        })
+        .collect()
+}
+
+/// Signed radix-16 digits of a big-endian 256-bit integer, least significant first: 65 digits
+/// in -8..=8 (the last one takes the final carry) with `sum(d[i]·16^i)` equal to the integer.
+pub(super) fn signed_radix16(be: &[u8; 32]) -> [i8; 65] {
+    let mut digits = [0i8; 65];
+    let mut carry = 0i8;
+    for (i, slot) in digits.iter_mut().enumerate().take(64) {
+        let byte = be.get(31 - i / 2).copied().unwrap_or(0);
+        let nibble = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 } as i8;
+        let value = nibble + carry;
+        // Recentre 0..=16 into -8..8, carrying 16 into the next digit.
+        carry = (value + 8) >> 4;
+        *slot = value - (carry << 4);
+    }
+    if let Some(last) = digits.last_mut() {
+        *last = carry;
+    }
+    digits
+}
+
+pub(super) struct P256Key {
+    point: p256::ProjectivePoint,
+    table: Option<P256Table>,
+}
+
+impl P256Key {
+    /// The point `(x, y)` if it is on the curve (the identity has no affine coordinates).
+    pub(super) fn from_coordinates(x: &[u8; 32], y: &[u8; 32]) -> Option<P256Key> {
+        // Coordinates in the field and on the curve (never the identity, which has none).
+        let point = p256::AffinePoint::from_coordinates(&(*x).into(), &(*y).into());
+        Some(P256Key { point: Option::<p256::AffinePoint>::from(point)?.into(), table: None })
+    }
+
+    pub(super) fn precomputed(&self) -> P256Key {
+        P256Key { point: self.point, table: Some(P256Table::new(self.point)) }
+    }
+
+    pub(super) fn is_precomputed(&self) -> bool {
+        self.table.is_some()
+    }
+
+    pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use p256::{FieldBytes, ProjectivePoint, Scalar, U256};
+        let Some((r, s)) = halves::<32>(signature) else {
+            return false;
+        };
+        // r and s must be in 1..n.
+        let (Some(r), Some(s)) = (
+            Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(r))),
+            Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(s))),
+        ) else {
+            return false;
+        };
+        if bool::from(r.is_zero()) || bool::from(s.is_zero()) {
+            return false;
+        }
+        let z = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&super::sha256(message)));
+        let Some(w) = Option::<Scalar>::from(s.invert_vartime()) else {
+            return false;
+        };
+        let (u1, u2) = (z * w, r * w);
+        let point = match &self.table {
+            Some(table) => generator_table().mul_vartime(&u1) + table.mul_vartime(&u2),
+            None => ProjectivePoint::mul_by_generator_and_mul_add_vartime(&u1, &u2, &self.point),
+        };
+        let point = point.to_affine();
+        if bool::from(point.is_identity()) {
+            return false;
+        }
+        <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&point.x())) == r
+    }
+}
+
+pub(super) struct P384Key {
+    point: p384::ProjectivePoint,
+}
+
+impl P384Key {
+    pub(super) fn from_coordinates(x: &[u8; 48], y: &[u8; 48]) -> Option<P384Key> {
+        let point = p384::AffinePoint::from_coordinates(&(*x).into(), &(*y).into());
+        Some(P384Key { point: Option::<p384::AffinePoint>::from(point)?.into() })
+    }
+
+    pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use p384::{FieldBytes, ProjectivePoint, Scalar, U384};
+        let Some((r, s)) = halves::<48>(signature) else {
+            return false;
+        };
+        let (Some(r), Some(s)) = (
+            Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(r))),
+            Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(s))),
+        ) else {
+            return false;
+        };
+        if bool::from(r.is_zero()) || bool::from(s.is_zero()) {
+            return false;
+        }
+        let digest = hmac_sha512::sha384::Hash::hash(message);
+        let z = <Scalar as Reduce<U384>>::reduce(&U384::from_be_slice(&digest));
+        let Some(w) = Option::<Scalar>::from(s.invert_vartime()) else {
+            return false;
+        };
+        let point = ProjectivePoint::mul_by_generator_and_mul_add_vartime(&(z * w), &(r * w), &self.point).to_affine();
+        if bool::from(point.is_identity()) {
+            return false;
+        }
+        <Scalar as Reduce<U384>>::reduce(&U384::from_be_slice(&point.x())) == r
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn hex<const N: usize>(text: &str) -> [u8; N] {
+        let clean: String = text.split_whitespace().collect();
+        let bytes: Vec<u8> = (0..clean.len()).step_by(2).map(|i| u8::from_str_radix(&clean[i..i + 2], 16).unwrap()).collect();
+        bytes.try_into().unwrap()
+    }
+
+    /// RFC 6979 A.2.5: the P-256 key and its deterministic ECDSA signatures with SHA-256 of
+    /// "sample" and "test".
+    fn rfc6979_key() -> P256Key {
+        P256Key::from_coordinates(
+            &hex("60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6"),
+            &hex("7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299"),
+        )
+        .unwrap()
+    }
+
+    const RFC6979_SAMPLE: &str = "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716
+                                  F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8";
+    const RFC6979_TEST: &str = "F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367
+                                019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083";
+
+    #[test]
+    fn rfc6979_p256_vectors_verify_with_and_without_table() {
+        let plain = rfc6979_key();
+        let tabled = plain.precomputed();
+        for key in [&plain, &tabled] {
+            let sample: [u8; 64] = hex(RFC6979_SAMPLE);
+            let test: [u8; 64] = hex(RFC6979_TEST);
+            assert!(key.verify(b"sample", &sample));
+            assert!(key.verify(b"test", &test));
+            // Crossed messages, a flipped bit in r or s, s replaced by n - s... all fail.
+            assert!(!key.verify(b"test", &sample));
+            assert!(!key.verify(b"sample", &test));
+            for byte in [0, 31, 32, 63] {
+                let mut bad = sample;
+                bad[byte] ^= 1;
+                assert!(!key.verify(b"sample", &bad), "bit flip in byte {byte}");
+            }
+            assert!(!key.verify(b"sample", &sample[..63]), "short");
+            assert!(!key.verify(b"sample", &[0u8; 64]), "r = s = 0");
+            let mut n_as_s = sample;
+            n_as_s[32..].copy_from_slice(&hex::<32>("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551"));
+            assert!(!key.verify(b"sample", &n_as_s), "s = n is out of range");
+        }
+    }
+
+    #[test]
+    fn points_off_the_curve_are_refused() {
+        let x = hex::<32>("60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6");
+        let mut y = hex::<32>("7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299");
+        y[31] ^= 1;
+        assert!(P256Key::from_coordinates(&x, &y).is_none());
+        assert!(P256Key::from_coordinates(&[0; 32], &[0; 32]).is_none());
+        assert!(P384Key::from_coordinates(&[0; 48], &[0; 48]).is_none());
+    }
+
+    #[test]
+    fn table_multiplication_matches_the_generic_one() {
+        use p256::{ProjectivePoint, Scalar};
+        let q = ProjectivePoint::GENERATOR * Scalar::from(0x1234_5678_9abc_def0u64);
+        let table = P256Table::new(q);
+        let mut k = Scalar::from(3u64);
+        // Small, large, and n - 1 (all digits at their extremes).
+        for _ in 0..20 {
+            assert_eq!(table.mul_vartime(&k), q * k);
+            k = k * k + Scalar::from(0xdead_beefu64);
+        }
+        assert_eq!(table.mul_vartime(&Scalar::ZERO), ProjectivePoint::IDENTITY);
+        assert_eq!(table.mul_vartime(&-Scalar::ONE), -q);
+        assert_eq!(table.mul_vartime(&Scalar::from(8u64)), q * Scalar::from(8u64));
+    }
+
+    #[test]
+    fn wide_table_and_digits_match_the_generic_multiplication() {
+        use p256::{ProjectivePoint, Scalar};
+        let table = WideTable::new(ProjectivePoint::GENERATOR);
+        let mut k = Scalar::from(7u64);
+        for _ in 0..20 {
+            assert_eq!(table.mul_vartime(&k), ProjectivePoint::GENERATOR * k);
+            k = k * k + Scalar::from(0x0bad_cafeu64);
+        }
+        assert_eq!(table.mul_vartime(&Scalar::ZERO), ProjectivePoint::IDENTITY);
+        assert_eq!(table.mul_vartime(&-Scalar::ONE), -ProjectivePoint::GENERATOR);
+        for be in [[0xffu8; 32], [0x20; 32], [0x55; 32]] {
+            let digits = signed_digits(&be, WIDE_BITS);
+            assert!(digits.iter().all(|d| (-32..=32).contains(d)));
+            let mut expect = be;
+            expect.reverse();
+            let mut sum = vec![0i64; 40];
+            for (i, d) in digits.iter().enumerate() {
+                let shift = i * WIDE_BITS;
+                sum[shift / 8] += i64::from(*d) << (shift % 8);
+            }
+            let mut carry = 0i64;
+            let bytes: Vec<u8> = sum.iter().map(|v| { let t = v + carry; carry = t.div_euclid(256); t.rem_euclid(256) as u8 }).collect();
+            assert_eq!(&bytes[..32], &expect);
+            assert!(bytes[32..].iter().all(|b| *b == 0));
+        }
+    }
+
+    #[test]
+    fn radix16_digits_sum_back() {
+        for be in [[0u8; 32], [0xff; 32], [0x88; 32], [0x77; 32]] {
+            let digits = signed_radix16(&be);
+            assert!(digits.iter().all(|d| (-8..=8).contains(d)));
+            // Rebuild the integer little-endian in base 2^8 from signed base-16 digits.
+            let mut acc = [0i32; 34];
+            for (i, d) in digits.iter().enumerate() {
+                acc[i / 2] += i32::from(*d) * if i % 2 == 0 { 1 } else { 16 };
+            }
+            let mut carry = 0i32;
+            let mut bytes = [0u8; 33];
+            for (i, a) in acc.iter().take(33).enumerate() {
+                let v = a + carry;
+                bytes[i] = v.rem_euclid(256) as u8;
+                carry = v.div_euclid(256);
+            }
+            let mut expect = be;
+            expect.reverse();
+            assert_eq!(&bytes[..32], &expect);
+            assert_eq!(bytes[32], 0);
+        }
+    }
+}
