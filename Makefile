@@ -58,6 +58,25 @@ test-wasm32: setup
 clean:
 	cargo clean
 
+## bench: mcp-guard in real Envoy against Envoy's own jwt_authn (one worker each, loopback,
+## interleaved rounds; wrk from Debian, oha from crates.io for the client-certificate listener),
+## wasmtime fuel per request path and a bounded-memory run in the harness (1,000,000 requests).
+## About 15 minutes on 2 cores; a benchmark, never part of `make test`. See bench/README.md
+## (knobs: BENCH_ROUNDS, BENCH_SECONDS, BENCH_MEMORY_REQUESTS, ...; BENCH_MODE=envoy|harness).
+.PHONY: bench
+OHA_VERSION := 1.16.0
+# The bench binary signs hundreds of thousands of tokens and proofs: optimised, but without the
+# release profile's fat LTO (a profile given on the command line, built into target/bench-host/).
+BENCH_CARGO := cargo --config 'profile.bench-host.inherits="release"' --config 'profile.bench-host.lto=false' --config 'profile.bench-host.codegen-units=16'
+bench: envoy
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	cargo build -p mcp-guard --target wasm32-wasip1 --release
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian)"; apt-get update -qq && apt-get install -y -qq wrk; }
+	@{ command -v openssl && command -v curl; } >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl curl; }
+	@oha --version 2>/dev/null | grep -q "$(OHA_VERSION)" || { echo "installing oha $(OHA_VERSION) (crates.io)"; cargo install oha --locked --version $(OHA_VERSION); }
+	$(BENCH_CARGO) build --profile bench-host -p mcp-guard-bench
+	target/bench-host/mcp-guard-bench $(or $(BENCH_MODE),all)
+
 ## wasm-trap: a TEST-ONLY build of the filter that traps on `x-mcp-guard-test-trap: 1` (feature
 ## trap-for-tests), in its own target dir so it never replaces the release .wasm. The fail-closed
 ## tests in tests/attack_envoy.rs load it in Envoy. attack: the long resource-bound floods against

@@ -341,8 +341,17 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// The table is sized once for twice `capacity`: evictions leave tombstones, and a table
+    /// more than half full would be rebuilt at double size after enough of them, so memory
+    /// would step up long after the cache first filled. Sized so, it is rehashed in place and
+    /// the worker's memory is flat from the start (about 80 bytes per entry).
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { capacity: capacity.max(1), entries: HashMap::new(), order: VecDeque::new() }
+        let capacity = capacity.max(1);
+        TokenCache {
+            capacity,
+            entries: HashMap::with_capacity(capacity.saturating_mul(2)),
+            order: VecDeque::with_capacity(capacity.saturating_mul(2)),
+        }
     }
 
     pub fn key(raw_token: &str) -> [u8; 32] {
@@ -573,5 +582,30 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&[4; 32], NOW, 0).is_some() && cache.get(&[3; 32], NOW, 0).is_some());
         assert!(cache.get(&[0; 32], NOW, 0).is_none(), "oldest evicted first");
+    }
+
+    #[test]
+    fn cache_table_never_grows_under_churn() {
+        // The bench's memory step: a table rebuilt at double size after many evictions.
+        let (issuer, keys) = setup(TestKey::es256());
+        let verified = check(&issuer, &keys, &issuer.token(&issuer.claims(NOW, "a")), NOW).unwrap();
+        let mut cache = TokenCache::new(1000);
+        let insert = |cache: &mut TokenCache, i: u32| {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(key, &verified);
+        };
+        for i in 0..1000 {
+            insert(&mut cache, i);
+        }
+        let (table, order) = (cache.entries.capacity(), cache.order.capacity());
+        for i in 1000..50_000 {
+            insert(&mut cache, i);
+        }
+        assert_eq!(cache.len(), 1000);
+        // `capacity()` falls as tombstones accumulate and returns to the start on an in-place
+        // rehash; only a rebuilt, larger table goes above it.
+        assert!(cache.entries.capacity() <= table, "table grew: {} > {table}", cache.entries.capacity());
+        assert_eq!(cache.order.capacity(), order);
     }
 }

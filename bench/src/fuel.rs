@@ -1,0 +1,405 @@
+//! Deterministic figures from the harness: wasmtime fuel (≈ wasm instructions executed) per
+//! request on each path, and the VM's linear memory after many distinct tokens and proofs.
+//!
+//! Fuel does not depend on the machine or its load, so a change to the filter can be judged by
+//! it without noise; the Envoy runs then say what it is worth in requests per second.
+
+use std::path::Path;
+use std::time::Instant;
+
+use mcp_guard::testkit::{hex, TestIssuer, TestKey};
+use mcp_guard_harness::{Harness, Options, Outcome};
+use serde_json::{json, Value};
+
+use crate::material::{self, PUBLIC_URL};
+use crate::Error;
+
+/// The filter configuration every run uses (Envoy and harness): one tool with one scope.
+pub fn guard_config(jwks: &Value, binding: &str, replay_cache_entries: u32) -> Value {
+    json!({
+        "issuer": material::ISSUER,
+        "audience": material::AUDIENCE,
+        "jwks": jwks,
+        "binding": binding,
+        "public_url": PUBLIC_URL,
+        // max_age_seconds and clock_skew_seconds as shipped (60 s, 5 s): proofs are made just
+        // before each run.
+        "dpop": {"algorithms": ["ES256", "EdDSA"], "replay_cache_entries": replay_cache_entries},
+        "policy": {"tools": {material::TOOL: [material::SCOPE]}, "unlisted_tools": "deny"}
+    })
+}
+
+/// One request as the harness sends it.
+#[derive(Clone)]
+struct Req {
+    method: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Option<String>,
+    cert_sha256_hex: Option<String>,
+}
+
+impl Req {
+    fn post(headers: Vec<(&'static str, String)>) -> Req {
+        Req {
+            method: "POST",
+            headers,
+            body: Some(material::tools_call_body()),
+            cert_sha256_hex: None,
+        }
+    }
+}
+
+fn send(h: &mut Harness, req: &Req) -> Result<Outcome, Error> {
+    let mut b = h
+        .request()
+        .method(req.method)
+        .path("/mcp")
+        .authority("mcp.example.com")
+        .scheme("https");
+    b = b.header("accept", "application/json, text/event-stream");
+    for (k, v) in &req.headers {
+        b = b.header(k, v);
+    }
+    if let Some(body) = &req.body {
+        b = b
+            .header("content-type", "application/json")
+            .header("content-length", &body.len().to_string())
+            .body(body.clone());
+    }
+    if let Some(cert) = &req.cert_sha256_hex {
+        b = b.property(
+            &["connection", "sha256_peer_certificate_digest"],
+            cert.as_bytes().to_vec(),
+        );
+    }
+    b.upstream_response(
+        200,
+        &[("content-type", "application/json")],
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    )
+    .send()
+    .map_err(|e| Error(format!("harness: {e}")))
+}
+
+fn check(path: &str, outcome: &Outcome, expect: Option<u32>) -> Result<(), Error> {
+    let ok = match (expect, outcome) {
+        (None, Outcome::Forwarded(f)) => f.response.status == 200,
+        (Some(status), Outcome::LocalReply(r)) => r.status == status,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let shown = match outcome {
+            Outcome::LocalReply(r) => format!("local reply {} {}", r.status, r.body_str()),
+            other => format!("{other}"),
+        };
+        let want = expect.map_or("forwarded (200)".to_string(), |s| format!("refused {s}"));
+        Err(Error(format!(
+            "harness path {path:?}: expected {want}, got {shown}"
+        )))
+    }
+}
+
+/// Fuel per request on one path.
+pub struct PathFuel {
+    pub key: &'static str,
+    pub name: &'static str,
+    pub fuel_per_request: u64,
+    /// Wall time per request in the harness (wasmtime with fuel metering; host noise included).
+    pub micros_per_request: f64,
+}
+
+struct PathSpec {
+    key: &'static str,
+    name: &'static str,
+    binding: &'static str,
+    /// `None`: forwarded with 200; `Some(status)`: refused with it.
+    expect: Option<u32>,
+    /// Requests: warm-up first, then the measured ones.
+    requests: Vec<Req>,
+}
+
+/// Warm-up requests (first token verification, allocator growth, caches) before measuring.
+const WARMUP: usize = 50;
+
+/// Fuel per request for each path the benchmark runs in Envoy, and a few that split the cost.
+pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Error> {
+    let now = material::now();
+    let issuer = TestIssuer::new(TestKey::es256());
+    let es_client = TestKey::es256();
+    let ed_client = TestKey::ed25519();
+    let cert_digest = mcp_guard::jose::sha256(b"bench client certificate");
+    let total = WARMUP + measured;
+    let bearer = material::unbound_token(&issuer, now, "fuel-bearer");
+    let mtls = material::mtls_token(&issuer, now, "fuel-mtls", &cert_digest);
+    let dpop_es = material::dpop_token(&issuer, now, "fuel-dpop-es", &es_client);
+    let dpop_ed = material::dpop_token(&issuer, now, "fuel-dpop-ed", &ed_client);
+    let auth = |t: &str, scheme: &str| ("authorization", format!("{scheme} {t}"));
+
+    let fresh_tokens = material::par_generate(total, |i| {
+        material::unbound_token(&issuer, now, &format!("fuel-fresh-{i}"))
+    });
+    let es_proofs = material::par_generate(total, |_| material::proof(&es_client, &dpop_es, now));
+    let ed_proofs = material::par_generate(total, |_| material::proof(&ed_client, &dpop_ed, now));
+    // A token whose signature does not verify: the issuer's header and claims, another key's signature.
+    let forged = {
+        let other = TestIssuer::new(TestKey::es256());
+        material::unbound_token(&other, now, "fuel-forged")
+    };
+
+    // The same token with 1 KiB more claims, and the same call with 1 KiB more arguments: what
+    // each byte of token and body costs on the cached path.
+    let big_token = {
+        let mut c = material::claims(&issuer, now, "fuel-big");
+        c.insert("pad".into(), "x".repeat(1024).into());
+        issuer.token(&c)
+    };
+    let big_body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": material::TOOL, "arguments": {"city": "Paris", "days": 3, "notes": "y".repeat(1024)}}})
+    .to_string();
+    let repeat = |req: Req| vec![req; total];
+    let specs = vec![
+        PathSpec {
+            key: "cached",
+            name: "4  bearer, cached token, POST tools/call",
+            binding: "bearer",
+            expect: None,
+            requests: repeat(Req::post(vec![auth(&bearer, "Bearer")])),
+        },
+        PathSpec {
+            key: "get_cached",
+            name: "   bearer, cached token, GET (no body)",
+            binding: "bearer",
+            expect: None,
+            requests: repeat(Req {
+                method: "GET",
+                headers: vec![auth(&bearer, "Bearer")],
+                body: None,
+                cert_sha256_hex: None,
+            }),
+        },
+        PathSpec {
+            key: "cached_big_token",
+            name: "   bearer, cached token with 1 KiB more claims",
+            binding: "bearer",
+            expect: None,
+            requests: repeat(Req::post(vec![auth(&big_token, "Bearer")])),
+        },
+        PathSpec {
+            key: "cached_big_body",
+            name: "   bearer, cached token, 1 KiB more tool arguments",
+            binding: "bearer",
+            expect: None,
+            requests: repeat(Req {
+                body: Some(big_body.clone()),
+                ..Req::post(vec![auth(&bearer, "Bearer")])
+            }),
+        },
+        PathSpec {
+            key: "token_verify",
+            name: "   bearer, a new ES256 token each request",
+            binding: "bearer",
+            expect: None,
+            requests: fresh_tokens
+                .iter()
+                .map(|t| Req::post(vec![auth(t, "Bearer")]))
+                .collect(),
+        },
+        PathSpec {
+            key: "mtls",
+            name: "5  mTLS-bound token, cached",
+            binding: "mtls",
+            expect: None,
+            requests: repeat(Req {
+                cert_sha256_hex: Some(hex(&cert_digest)),
+                ..Req::post(vec![auth(&mtls, "Bearer")])
+            }),
+        },
+        PathSpec {
+            key: "dpop_es256",
+            name: "6  DPoP, fresh ES256 proof, cached token",
+            binding: "dpop",
+            expect: None,
+            requests: es_proofs
+                .iter()
+                .map(|p| Req::post(vec![auth(&dpop_es, "DPoP"), ("dpop", p.clone())]))
+                .collect(),
+        },
+        PathSpec {
+            key: "dpop_eddsa",
+            name: "7  DPoP, fresh EdDSA proof, cached token",
+            binding: "dpop",
+            expect: None,
+            requests: ed_proofs
+                .iter()
+                .map(|p| Req::post(vec![auth(&dpop_ed, "DPoP"), ("dpop", p.clone())]))
+                .collect(),
+        },
+        PathSpec {
+            key: "refused_no_token",
+            name: "   refused: no token (401)",
+            binding: "dpop",
+            expect: Some(401),
+            requests: repeat(Req::post(vec![])),
+        },
+        PathSpec {
+            key: "refused_forged",
+            name: "   refused: forged ES256 token (401, one failed verify)",
+            binding: "bearer",
+            expect: Some(401),
+            requests: repeat(Req::post(vec![auth(&forged, "Bearer")])),
+        },
+    ];
+
+    let options = Options {
+        fuel: true,
+        ..Options::default()
+    };
+    let mut out = Vec::new();
+    for spec in specs {
+        let mut h = Harness::load_with(wasm, options.clone())
+            .map_err(|e| Error(format!("harness: {e}")))?;
+        h.set_time(now);
+        h.configure(&guard_config(&issuer.jwks(), spec.binding, 100_000).to_string())
+            .map_err(|e| Error(format!("harness configure ({}): {e}", spec.key)))?;
+        let (warm, measure) = spec.requests.split_at(WARMUP.min(spec.requests.len()));
+        for req in warm {
+            let outcome = send(&mut h, req)?;
+            check(spec.name, &outcome, spec.expect)?;
+        }
+        h.take_logs();
+        let before = h.fuel_consumed().unwrap_or(0);
+        let started = Instant::now();
+        for req in measure {
+            let outcome = send(&mut h, req)?;
+            check(spec.name, &outcome, spec.expect)?;
+        }
+        let elapsed = started.elapsed();
+        let spent = h.fuel_consumed().unwrap_or(0).saturating_sub(before);
+        let n = measure.len().max(1) as u64;
+        out.push(PathFuel {
+            key: spec.key,
+            name: spec.name,
+            fuel_per_request: spent / n,
+            micros_per_request: elapsed.as_secs_f64() * 1e6 / n as f64,
+        });
+    }
+    Ok(out)
+}
+
+/// The token cache's size as shipped (`token_cache_entries` default), set explicitly.
+pub const TOKEN_CACHE_ENTRIES: u64 = 10_000;
+/// The replay cache's size as shipped (`dpop.replay_cache_entries` default), set explicitly.
+pub const REPLAY_CACHE_ENTRIES: u32 = 100_000;
+/// A replay-cache record in shared data (filter/src/replay.rs: digest 16, expiry 8, tag 4).
+const REPLAY_RECORD_BYTES: usize = 28;
+
+/// The memory check: VM pages and the host's shared data at checkpoints.
+pub struct MemoryPoint {
+    pub requests: u64,
+    pub pages: u64,
+    pub shared_keys: usize,
+    pub shared_bytes: usize,
+    /// Records in the replay cache's buckets.
+    pub shared_records: usize,
+    pub seconds: f64,
+}
+
+pub struct MemoryRun {
+    pub points: Vec<MemoryPoint>,
+    pub distinct_tokens: usize,
+    pub token_cache_entries: u64,
+}
+
+/// Sum of the replay cache's buckets in shared data (the layout of `filter/src/replay.rs`:
+/// keys `mcp-guard/jti/<buckets>/<n>`, 8 records per bucket).
+fn shared_replay_size(h: &Harness, entries: u32) -> (usize, usize) {
+    let buckets = entries.div_ceil(8).max(1);
+    (0..buckets)
+        .filter_map(|n| h.shared_data(&format!("mcp-guard/jti/{buckets}/{n}")))
+        .fold((0, 0), |(keys, bytes), (value, _)| {
+            (keys + 1, bytes + value.len())
+        })
+}
+
+/// `total` DPoP requests, each with a fresh EdDSA proof (distinct `jti`), over `distinct_tokens`
+/// DPoP-bound tokens (each used for `total / distinct_tokens` consecutive requests, so each is
+/// verified once), with the shipped cache sizes. Ed25519 keys for issuer and client: the caches
+/// hold the same things whatever the algorithm, and Ed25519 verifies fastest in wasm.
+pub fn memory_run(
+    wasm: &Path,
+    total: u64,
+    distinct_tokens: usize,
+    replay_cache_entries: u32,
+    token_cache_entries: u64,
+    checkpoint_every: u64,
+) -> Result<MemoryRun, Error> {
+    let now = material::now();
+    let issuer = TestIssuer::new(TestKey::ed25519());
+    let client = TestKey::ed25519();
+    let tokens = material::par_generate(distinct_tokens, |i| {
+        material::dpop_token(&issuer, now, &format!("mem-{i}"), &client)
+    });
+    let mut config = guard_config(&issuer.jwks(), "dpop", replay_cache_entries);
+    config["token_cache_entries"] = token_cache_entries.into();
+    let mut h =
+        Harness::load_with(wasm, Options::default()).map_err(|e| Error(format!("harness: {e}")))?;
+    h.set_time(now);
+    h.configure(&config.to_string())
+        .map_err(|e| Error(format!("harness configure: {e}")))?;
+
+    // Proofs are signed on another thread while this one drives the VM.
+    let per_token = total.div_ceil(distinct_tokens as u64).max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, String)>(8192);
+    let started = Instant::now();
+    let mut points = Vec::new();
+    std::thread::scope(|s| -> Result<(), Error> {
+        let tokens = &tokens;
+        let client = &client;
+        s.spawn(move || {
+            for i in 0..total {
+                let t = ((i / per_token) as usize).min(tokens.len() - 1);
+                let proof = material::proof(client, &tokens[t], now);
+                if tx.send((t, proof)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sent = 0u64;
+        for (t, proof) in rx.iter() {
+            let req = Req::post(vec![
+                ("authorization", format!("DPoP {}", tokens[t])),
+                ("dpop", proof),
+            ]);
+            let outcome = send(&mut h, &req)?;
+            check("memory run", &outcome, None)?;
+            sent += 1;
+            if sent.is_multiple_of(10_000) {
+                h.take_logs();
+            }
+            if sent.is_multiple_of(checkpoint_every) || sent == total {
+                let (shared_keys, shared_bytes) = shared_replay_size(&h, replay_cache_entries);
+                eprintln!(
+                    "   memory run: {sent} requests, {} pages ({:.0} s)",
+                    h.memory_pages(),
+                    started.elapsed().as_secs_f64()
+                );
+                points.push(MemoryPoint {
+                    requests: sent,
+                    pages: h.memory_pages(),
+                    shared_keys,
+                    shared_bytes,
+                    shared_records: shared_bytes / REPLAY_RECORD_BYTES,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok(MemoryRun {
+        points,
+        distinct_tokens,
+        token_cache_entries,
+    })
+}
