@@ -100,6 +100,23 @@ $(OIDC_STAMP): tests/oidc/package-lock.json tests/oidc/package.json
 	npm ci --prefix tests/oidc --no-audit --no-fund
 	@touch $@
 
+## fuzz: cargo-fuzz (libFuzzer) targets for the filter's parsers, one after the other, each for
+## FUZZ_SECONDS (default 600) from the committed seeds in fuzz/seeds/; prints run time, execs,
+## coverage and crashes per target. Installs cargo-fuzz from crates.io; runs on the stable
+## toolchain with RUSTC_BOOTSTRAP=1. Never part of `make test`. See docs/fuzzing.md
+## (knobs: FUZZ_SECONDS, FUZZ_TARGETS, FUZZ_SANITIZER=none|address).
+.PHONY: fuzz fuzz-seeds
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_SECONDS ?= 600
+fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -q "$(CARGO_FUZZ_VERSION)" || { echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) (crates.io)"; cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION); }
+	@command -v c++ >/dev/null || { echo "installing g++ (Debian, builds libFuzzer)"; apt-get update -qq && apt-get install -y -qq g++; }
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+## fuzz-seeds: rewrite fuzz/seeds/ from the test kit's fixed keys and the tests' inputs.
+fuzz-seeds:
+	cargo run --manifest-path fuzz/Cargo.toml --example seeds
+
 ## differential-deps: the MCP SDKs tests/parser_differential.rs compares the filter's decoder with:
 ## the Python SDK (pinned in tests/differential/requirements.txt) in .venv-diff/, and the
 ## TypeScript SDK (pinned by tests/differential/package-lock.json) by `npm ci` into

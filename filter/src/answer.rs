@@ -37,9 +37,10 @@ pub mod rpc_code {
     pub const REQUEST_REFUSED: i64 = -32000;
 }
 
-/// A quoted-string value for an auth-param: printable ASCII, with `"` and `\` escaped.
-fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+/// Appends a quoted-string value for an auth-param: printable ASCII, with `"` and `\`
+/// escaped.
+fn push_quoted(out: &mut String, value: &str) {
+    out.reserve(value.len() + 2);
     out.push('"');
     for c in value.chars() {
         match c {
@@ -52,26 +53,37 @@ fn quoted(value: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
+/// `<scheme> name="value", ...`, written into one string.
 fn challenge(scheme: Scheme, config: &Config, denial: Option<&Denial>) -> String {
-    let mut params: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(256);
+    out.push_str(scheme.name());
+    out.push(' ');
+    let first = out.len();
+    let param = |out: &mut String, name: &str, value: &str| {
+        if out.len() > first {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+        out.push('=');
+        push_quoted(out, value);
+    };
     if scheme == Scheme::Dpop {
         let algs: Vec<&str> = config.dpop.algorithms.iter().map(|a| a.name()).collect();
-        params.push(format!("algs={}", quoted(&algs.join(" "))));
+        param(&mut out, "algs", &algs.join(" "));
     }
     if let Some(d) = denial {
         if let Some(error) = d.oauth_error() {
-            params.push(format!("error={}", quoted(error)));
-            params.push(format!("error_description={}", quoted(&d.describe())));
+            param(&mut out, "error", error);
+            param(&mut out, "error_description", &d.describe());
         }
         if let Denial::InsufficientScope { required } = d {
-            params.push(format!("scope={}", quoted(&required.join(" "))));
+            param(&mut out, "scope", &required.join(" "));
         }
     }
-    params.push(format!("resource_metadata={}", quoted(&config.resource_metadata_url())));
-    format!("{} {}", scheme.name(), params.join(", "))
+    param(&mut out, "resource_metadata", &config.resource_metadata_url());
+    out
 }
 
 /// The schemes to challenge with: the one the client used when its error belongs to it,
@@ -241,6 +253,8 @@ mod tests {
 
     #[test]
     fn quoted_strings_cannot_break_the_header() {
-        assert_eq!(quoted("a\"b\\c\r\nd\u{e9}"), r#""a\"b\\c??d?""#);
+        let mut quoted = String::new();
+        push_quoted(&mut quoted, "a\"b\\c\r\nd\u{e9}");
+        assert_eq!(quoted, r#""a\"b\\c??d?""#);
     }
 }

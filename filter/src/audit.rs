@@ -87,19 +87,13 @@ fn target(event: &mut Map<String, Value>, message: &Message) {
 /// The audit events of one decision: one per JSON-RPC message, or one for the request when
 /// it carried none (GET, DELETE, or refused before its body was read).
 pub fn events(head: &RequestHead, decision: &Decision, now: u64) -> Vec<Value> {
-    let (allowed, status, reason, facts): (bool, u32, &str, Facts) = match decision {
-        Decision::Allow(a) => (
-            true,
-            0,
-            "allowed",
-            Facts {
-                claims: Some(a.claims.clone()),
-                possession: Some(a.possession.clone()),
-                messages: a.messages.clone(),
-                required_scopes: a.required_scopes.clone(),
-            },
-        ),
-        Decision::Deny { denial, reply, facts } => (false, reply.status, denial.code(), (**facts).clone()),
+    type Seen<'a> = (Option<&'a AccessClaims>, Option<&'a Possession>, &'a [Message], &'a [String]);
+    let (allowed, status, reason, (claims, possession, messages, required_scopes)): (bool, u32, &str, Seen<'_>) = match decision {
+        Decision::Allow(a) => (true, 0, "allowed", (Some(&a.claims), Some(&a.possession), &a.messages, &a.required_scopes)),
+        Decision::Deny { denial, reply, facts } => {
+            let Facts { claims, possession, messages, required_scopes } = &**facts;
+            (false, reply.status, denial.code(), (claims.as_ref(), possession.as_ref(), messages, required_scopes))
+        }
         Decision::NeedKeys { .. } => return Vec::new(),
     };
     let mut base = Map::new();
@@ -111,27 +105,25 @@ pub fn events(head: &RequestHead, decision: &Decision, now: u64) -> Vec<Value> {
     base.insert("reason".into(), json!(reason));
     base.insert("http_method".into(), json!(head.method));
     base.insert("request_id".into(), json!(head.header_text("x-request-id")));
-    if let Some(claims) = &facts.claims {
-        identity(&mut base, claims, facts.possession.as_ref());
+    if let Some(claims) = claims {
+        identity(&mut base, claims, possession);
     }
-    base.insert("scopes_required".into(), json!(facts.required_scopes));
-    if facts.messages.is_empty() {
+    base.insert("scopes_required".into(), json!(required_scopes));
+    let Some((last, others)) = messages.split_last() else {
         return vec![Value::Object(base)];
-    }
-    let batch = facts.messages.len() > 1;
-    facts
-        .messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let mut event = base.clone();
-            target(&mut event, m);
-            if batch {
-                event.insert("batch_index".into(), json!(i));
-            }
-            Value::Object(event)
-        })
-        .collect()
+    };
+    let batch = !others.is_empty();
+    let event = |mut event: Map<String, Value>, i: usize, m: &Message| {
+        target(&mut event, m);
+        if batch {
+            event.insert("batch_index".into(), json!(i));
+        }
+        Value::Object(event)
+    };
+    let mut events: Vec<Value> = others.iter().enumerate().map(|(i, m)| event(base.clone(), i, m)).collect();
+    // The last message takes the base itself rather than a copy.
+    events.push(event(base, others.len(), last));
+    events
 }
 
 /// Makes a claim value safe as a header value: printable ASCII, everything else (and `%`)
@@ -168,11 +160,16 @@ pub fn upstream_headers(config: &Config, head: &RequestHead, claims: &AccessClai
     remove.extend(
         head.headers
             .iter()
-            .filter(|(k, _)| k.to_ascii_lowercase().starts_with(IDENTITY_HEADER_PREFIX))
+            .filter(|(k, _)| k.get(..IDENTITY_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX)))
             .map(|(k, _)| k.clone()),
     );
     let mut set = Vec::new();
-    let mut put = |name: &str, value: String| set.push((format!("{IDENTITY_HEADER_PREFIX}{name}"), header_safe(&value)));
+    let mut put = |name: &str, value: String| {
+        let mut header = String::with_capacity(IDENTITY_HEADER_PREFIX.len() + name.len());
+        header.push_str(IDENTITY_HEADER_PREFIX);
+        header.push_str(name);
+        set.push((header, header_safe(&value)));
+    };
     if let Some(sub) = &claims.subject {
         put("subject", sub.clone());
     }

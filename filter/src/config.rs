@@ -156,6 +156,8 @@ impl<'a> Fields<'a> {
     fn finish(self) -> Result<(), ConfigError> {
         match self.map.keys().find(|k| !self.used.contains(k.as_str())) {
             None => Ok(()),
+            // A member named "" is shown as `""`, so the refusal still names a field.
+            Some(unknown) if unknown.is_empty() => Err(err(self.field("\"\""), "unknown field")),
             Some(unknown) => Err(err(self.field(unknown), "unknown field")),
         }
     }
@@ -459,6 +461,10 @@ mod tests {
             (json!({"policy": {"unlisted_tools": "maybe"}}), "policy.unlisted_tools"),
             (json!({"policy": {"tool": {}}}), "policy.tool"),
             (json!({"polcy": {}}), "polcy"),
+            // Found by the `config` fuzz target: an unknown member named "" was refused with an
+            // empty field name.
+            (json!({"": true}), "\"\""),
+            (json!({"dpop": {"": 1}}), "dpop.\"\""),
             (json!({"jwks": {"keys": []}}), "jwks.keys"),
             (json!({"issuer": 7}), "issuer"),
             (json!({"forward_token": "yes"}), "forward_token"),

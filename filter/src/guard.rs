@@ -397,7 +397,7 @@ impl Guard {
 
     fn verified_token(&self, raw: &str, env: &mut Env<'_>) -> Result<VerifiedToken, TokenOutcome> {
         let skew = self.config.clock_skew_seconds;
-        let cache_key = TokenCache::key(raw);
+        let cache_key = env.tokens.key_of(raw);
         if let Some(token) = env.tokens.get(&cache_key, env.now, skew) {
             return Ok(token);
         }

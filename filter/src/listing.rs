@@ -106,57 +106,115 @@ fn edit_json(body: &[u8], filter: &ListFilter, policy: &Policy) -> Result<(Vec<u
     Ok((serde_json::to_vec(&value).map_err(|_| ListError::Unreadable)?, removed))
 }
 
-/// Splits `s` at `at` into the event and what follows its `terminator`.
-fn cut<'a>(s: &'a str, at: usize, terminator: &'static str) -> (&'a str, &'static str, &'a str) {
-    let (event, after) = s.split_at_checked(at).unwrap_or((s, ""));
-    (event, terminator, after.get(terminator.len()..).unwrap_or(""))
-}
-
-/// Edits an event stream: events are kept byte for byte, except those whose `data` is a
-/// response to our `tools/list`, which are re-emitted with the filtered list.
-fn edit_sse(body: &[u8], filter: &ListFilter, policy: &Policy) -> Result<(Vec<u8>, usize), ListError> {
-    let text = std::str::from_utf8(body).map_err(|_| ListError::Unreadable)?;
-    let mut out = String::with_capacity(text.len());
-    let mut removed = 0;
+/// The lines of an event stream with their terminators, as the WHATWG event-stream rules read
+/// them: a line ends at CRLF, LF or a lone CR (the last line may have no terminator). Reading
+/// lines any other way than the client does would let an event through unedited.
+fn sse_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = text;
-    while !rest.is_empty() {
-        // An event ends at a blank line; keep its terminator as it was.
-        let (event, terminator, tail) = match (rest.find("\n\n"), rest.find("\r\n\r\n")) {
-            (Some(a), Some(b)) if b < a => cut(rest, b, "\r\n\r\n"),
-            (Some(a), _) => cut(rest, a, "\n\n"),
-            (None, Some(b)) => cut(rest, b, "\r\n\r\n"),
-            (None, None) => (rest, "", ""),
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, terminator, tail) = match rest.find(['\r', '\n']) {
+            None => (rest, "", ""),
+            Some(i) => {
+                // `i` is at an ASCII byte, so every cut below is on a character boundary.
+                let width = if rest.get(i..).is_some_and(|after| after.starts_with("\r\n")) { 2 } else { 1 };
+                let end = i.saturating_add(width);
+                (rest.get(..i).unwrap_or(""), rest.get(i..end).unwrap_or(""), rest.get(end..).unwrap_or(""))
+            }
         };
         rest = tail;
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
-            .collect();
-        let payload = data.join("\n");
-        let edited = if payload.trim_start().starts_with(['{', '[']) {
-            let (new, n) = edit_json(payload.as_bytes(), filter, policy)?;
-            removed += n;
-            (n > 0).then_some(new)
-        } else {
-            None
-        };
-        match edited {
-            Some(new) => {
-                let new = String::from_utf8(new).map_err(|_| ListError::Unreadable)?;
-                for line in event.lines().filter(|l| !l.starts_with("data:")) {
-                    out.push_str(line);
-                    out.push('\n');
+        Some((line, terminator))
+    })
+}
+
+/// The field of an event-stream line: the text before the first `:` (all of it when there is
+/// none); a comment line (`:` first) has the empty field.
+fn sse_field(line: &str) -> (&str, &str) {
+    match line.split_once(':') {
+        Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+        None => (line, ""),
+    }
+}
+
+/// Appends one event (its lines, including the blank line that ends it): byte for byte, or, when
+/// its `data` is a response to our `tools/list`, re-emitted with the filtered list in one `data`
+/// line where the first was, and every line ending in LF.
+fn emit_event(out: &mut String, lines: &[(&str, &str)], filter: &ListFilter, policy: &Policy) -> Result<usize, ListError> {
+    let mut payload: Option<String> = None;
+    for (line, _) in lines {
+        if let ("data", value) = sse_field(line) {
+            match &mut payload {
+                Some(p) => {
+                    p.push('\n');
+                    p.push_str(value);
                 }
-                out.push_str("data: ");
-                out.push_str(&new);
-                out.push_str(if terminator.is_empty() { "\n" } else { "\n\n" });
-            }
-            None => {
-                out.push_str(event);
-                out.push_str(terminator);
+                None => payload = Some(value.to_string()),
             }
         }
     }
+    let edited = match payload {
+        Some(p) if p.trim_start().starts_with(['{', '[']) => {
+            let (new, n) = edit_json(p.as_bytes(), filter, policy)?;
+            (n > 0).then_some((new, n))
+        }
+        _ => None,
+    };
+    let Some((new, removed)) = edited else {
+        for (line, terminator) in lines {
+            out.push_str(line);
+            out.push_str(terminator);
+        }
+        return Ok(0);
+    };
+    // serde_json's output has no raw line break: one `data` line carries it all.
+    let new = String::from_utf8(new).map_err(|_| ListError::Unreadable)?;
+    let mut data_written = false;
+    for (line, _) in lines {
+        if sse_field(line).0 == "data" {
+            if !data_written {
+                out.push_str("data: ");
+                out.push_str(&new);
+                out.push('\n');
+                data_written = true;
+            }
+        } else {
+            // Every line of a re-emitted event ends in LF: a kept line ending in a lone CR
+            // must not meet the LF of the line after the removed `data` lines as one CRLF.
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(removed)
+}
+
+/// Edits an event stream: events are kept byte for byte, except those whose `data` is a
+/// response to our `tools/list`, which are re-emitted with the filtered list. Lines and events
+/// are split exactly as a client splits them (WHATWG HTML, "event stream interpretation").
+fn edit_sse(body: &[u8], filter: &ListFilter, policy: &Policy) -> Result<(Vec<u8>, usize), ListError> {
+    let text = std::str::from_utf8(body).map_err(|_| ListError::Unreadable)?;
+    let mut out = String::with_capacity(text.len());
+    // A byte order mark may open the stream; the client skips it before reading lines.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => {
+            out.push('\u{feff}');
+            rest
+        }
+        None => text,
+    };
+    let mut removed = 0;
+    let mut event: Vec<(&str, &str)> = Vec::new();
+    for (line, terminator) in sse_lines(text) {
+        event.push((line, terminator));
+        // A blank line ends the event.
+        if line.is_empty() {
+            removed += emit_event(&mut out, &event, filter, policy)?;
+            event.clear();
+        }
+    }
+    // An unterminated last event is read too (fail safe: it may yet be dispatched).
+    removed += emit_event(&mut out, &event, filter, policy)?;
     Ok((out.into_bytes(), removed))
 }
 
@@ -237,6 +295,50 @@ mod tests {
         assert_eq!(names(&data), vec!["get_forecast"]);
         assert_eq!(events[1], ": keepalive");
         assert!(events[2].contains("notifications/progress"));
+    }
+
+    /// Found by the `listing` fuzz target: the event stream used to be cut into lines at LF only
+    /// and into events at `\n\n`/`\r\n\r\n`, while a client also ends lines at a lone CR (and so
+    /// sees a blank line in `\n\r`) and skips a leading BOM. Those events reached the client with
+    /// the full list. Each body is checked edited and not edited side by side.
+    #[test]
+    fn event_stream_lines_are_split_as_the_client_splits_them() {
+        let data = list(1).to_string();
+        for body in [
+            format!("id: 1\rdata: {data}\r\r"),                   // CR line endings
+            format!("event: x\n\rdata: {data}\n\n"),                // LF then CR: a blank line
+            format!("\u{feff}data: {data}\n\n"),                     // leading byte order mark
+            format!("retry: 10\r\ndata: {data}\r\r\n\r\n"),          // mixed endings
+            format!("data\ndata: {data}\n\n"),                        // a `data` line without a colon
+        ] {
+            let (out, removed) = filter_body(body.as_bytes(), "text/event-stream", &reader(&["weather:read"]), &policy()).unwrap();
+            assert_eq!(removed, 2, "{body:?}");
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("delete_repo") && text.contains("get_forecast"), "{body:?} became {text:?}");
+            // With every tool allowed, nothing changes, byte for byte.
+            let all = ListFilter { ids: vec![json!(1)], scopes: vec!["weather:read".into(), "repo:admin".into()] };
+            let mut open = policy();
+            open.unlisted_tools = Unlisted::Allow;
+            let (same, none) = filter_body(body.as_bytes(), "text/event-stream", &all, &open).unwrap();
+            assert_eq!((same, none), (body.clone().into_bytes(), 0));
+        }
+        // Found by the fuzzer after that fix: a kept line ending in CR between two `data` lines
+        // met the blank line's LF once the `data` lines were replaced, so the event no longer
+        // ended there and swallowed the next one.
+        let text = list(1).to_string();
+        let (head, rest) = text.split_at(text.find("\"result\"").unwrap());
+        let body = format!("data: {head}\nid: 1\rdata: {rest}\n\nevent: next\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}}\n\n");
+        let (out, removed) = filter_body(body.as_bytes(), "text/event-stream", &reader(&["weather:read"]), &policy()).unwrap();
+        assert_eq!(removed, 2);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("id: 1\n\nevent: next\n"), "{text:?}");
+        assert_eq!(filter_body(&out, "text/event-stream", &reader(&["weather:read"]), &policy()).unwrap(), (out.clone(), 0));
+
+        // The fuzzer's input, minimised: a CR after an LF ends the event the list is in.
+        let found = "retry:(10\r\ndata: x\n\ra: y\r\ndata: {\"jsonrpc\":\"2.0\",\r\ndata: \"id\":1,\"result\":{\"tools\":[{\"name\":\"delete_repo\"}]}}\r\n\r\n";
+        let (out, removed) = filter_body(found.as_bytes(), "text/event-stream", &reader(&["weather:read"]), &policy()).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!String::from_utf8(out).unwrap().contains("delete_repo"));
     }
 
     #[test]

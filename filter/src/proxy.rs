@@ -325,14 +325,29 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
     drop(w);
     let events = audit::events(head, decision, now);
     for event in &events {
-        log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX));
+        // Serialized straight into the line: the same compact JSON as `Display`, without
+        // going through the formatting machinery.
+        let mut line = audit::AUDIT_PREFIX.as_bytes().to_vec();
+        match serde_json::to_writer(&mut line, event).ok().and_then(|()| String::from_utf8(line).ok()) {
+            Some(line) => log(LogLevel::Info, &line),
+            None => log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX)),
+        }
     }
     // The same facts for Envoy's access log: %FILTER_STATE(wasm.mcp_guard_<name>:PLAIN)%.
     if let Some(first) = events.first() {
-        for name in ["decision", "reason", "sub", "agent", "tool", "jkt", "x5t#S256", "binding"] {
+        const FACTS: [(&str, &str); 8] = [
+            ("decision", "mcp_guard_decision"),
+            ("reason", "mcp_guard_reason"),
+            ("sub", "mcp_guard_sub"),
+            ("agent", "mcp_guard_agent"),
+            ("tool", "mcp_guard_tool"),
+            ("jkt", "mcp_guard_jkt"),
+            ("x5t#S256", "mcp_guard_x5t_S256"),
+            ("binding", "mcp_guard_binding"),
+        ];
+        for (name, key) in FACTS {
             if let Some(value) = first.get(name).and_then(|v| v.as_str()) {
-                let key = format!("mcp_guard_{}", name.replace("#", "_"));
-                let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+                let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
             }
         }
         let chain: Vec<String> = match decision {
@@ -499,8 +514,8 @@ impl GuardStream {
         self.decided = true;
         if let Some(denial) = denial {
             let decision = Decision::Deny { denial: denial.clone(), reply: Box::new(reply.clone()), facts: Box::default() };
-            let head = self.head.clone().unwrap_or_default();
-            record(&self.worker, &head, &decision);
+            let none = RequestHead::default();
+            record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision);
         }
         send_reply(reply);
         Action::Pause
@@ -515,8 +530,8 @@ impl GuardStream {
             None => crate::answer::keys_unavailable(),
         };
         let decision = Decision::Deny { denial, reply: Box::new(reply.clone()), facts: Box::default() };
-        let head = self.head.clone().unwrap_or_default();
-        record(&self.worker, &head, &decision);
+        let none = RequestHead::default();
+        record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision);
         send_reply(&reply);
         Action::Pause
     }
@@ -528,7 +543,11 @@ impl GuardStream {
             match name.as_str() {
                 ":method" => head.method = String::from_utf8(value).map_err(|_| ())?,
                 ":path" => head.path = String::from_utf8(value).map_err(|_| ())?,
-                _ => head.headers.push((name.to_ascii_lowercase(), value)),
+                _ => {
+                    let mut name = name;
+                    name.make_ascii_lowercase();
+                    head.headers.push((name, value));
+                }
             }
         }
         head.client_cert_sha256_hex = hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"])
@@ -541,25 +560,28 @@ impl GuardStream {
     /// Decides with the whole body; `Continue` lets the request go, `Pause` holds it (refused,
     /// or waiting for keys).
     fn decide_with_body(&mut self, body: Option<Vec<u8>>) -> Action {
-        let Some(head) = self.head.clone() else {
+        let Some(head) = self.head.as_ref() else {
             return Action::Pause;
         };
         self.decided = true;
-        let decision = decide(&self.worker, &head, body.as_deref(), true);
+        let decision = decide(&self.worker, head, body.as_deref(), true);
         match decision {
             Decision::Allow(_) => {
-                record(&self.worker, &head, &decision);
+                record(&self.worker, head, &decision);
                 if let Some(guard) = self.guard() {
-                    apply_upstream_headers(&self.worker, self.context_id, &guard, &head, &decision);
+                    apply_upstream_headers(&self.worker, self.context_id, &guard, head, &decision);
                 }
                 Action::Continue
             }
             Decision::Deny { ref reply, .. } => {
-                record(&self.worker, &head, &decision);
+                record(&self.worker, head, &decision);
                 send_reply(reply);
                 Action::Pause
             }
-            Decision::NeedKeys { unknown_kid } => self.wait_for_keys(head, body, unknown_kid),
+            Decision::NeedKeys { unknown_kid } => {
+                let head = head.clone();
+                self.wait_for_keys(head, body, unknown_kid)
+            }
         }
     }
 
