@@ -180,3 +180,83 @@ fn stats_count_by_reason_and_by_listed_tool_only() {
     assert_eq!(h.metric("mcp_guard.tool.made-up-0.denied"), None);
     assert_eq!(h.metric("mcp_guard.denied.tool_not_allowed"), Some(3));
 }
+
+/// Sends one allowed call and one refused call; returns their outcomes.
+fn allowed_and_refused(w: &World, h: &mut Harness) -> (mcp_guard_harness::Outcome, mcp_guard_harness::Outcome) {
+    let allowed = send_wasm(h, &w.call("get_forecast", "weather:read"));
+    let refused = send_wasm(h, &w.call("delete_repo", "weather:read"));
+    assert!(allowed.as_forwarded().is_some(), "{allowed:?}");
+    assert_eq!(refused.status(), Some(403));
+    (allowed, refused)
+}
+
+#[test]
+fn by_default_every_decision_is_logged_and_its_facts_are_filter_state_fields() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    let (allowed, refused) = allowed_and_refused(&w, &mut h);
+    assert_eq!(audit_events(&h).len(), 2, "one line per decision");
+    let f = allowed.as_forwarded().unwrap();
+    assert_eq!(f.filter_state_str("mcp_guard_decision").as_deref(), Some("allow"));
+    assert_eq!(f.filter_state_str("mcp_guard_sub").as_deref(), Some("user-123"));
+    assert_eq!(f.filter_state_str("mcp_guard_agent").as_deref(), Some("agent-7"));
+    assert_eq!(f.filter_state_str("mcp_guard_tool").as_deref(), Some("get_forecast"));
+    assert_eq!(f.filter_state_str("mcp_guard_jkt"), Some(w.client.thumbprint()));
+    assert!(!f.filter_state.contains_key("mcp_guard_audit"), "no whole record unless asked");
+    let r = refused.as_local_reply().unwrap();
+    assert_eq!(r.filter_state_str("mcp_guard_reason").as_deref(), Some("insufficient_scope"));
+}
+
+#[test]
+fn audit_to_the_access_log_records_each_decision_once_and_logs_only_refusals() {
+    let w = World::new();
+    let mut logged = configured(&w, json!({}));
+    allowed_and_refused(&w, &mut logged);
+    let lines = audit_events(&logged);
+
+    let mut h = configured(&w, json!({"audit": {"log": "denied", "filter_state": "record"}}));
+    let (allowed, refused) = allowed_and_refused(&w, &mut h);
+    let events = audit_events(&h);
+    assert_eq!(events.len(), 1, "only the refusal has a log line: {events:?}");
+    assert_eq!(events[0]["reason"], "insufficient_scope");
+    let f = allowed.as_forwarded().unwrap();
+    let record: Value = serde_json::from_str(&f.filter_state_str("mcp_guard_audit").unwrap()).unwrap();
+    // The record is the log line's event, field for field (the same request and time).
+    assert_eq!(record, lines[0]);
+    assert!(!f.filter_state.contains_key("mcp_guard_decision"), "one value, not the fields");
+    let r = refused.as_local_reply().unwrap();
+    let record: Value = serde_json::from_str(&r.filter_state_str("mcp_guard_audit").unwrap()).unwrap();
+    assert_eq!(record, lines[1]);
+    assert_eq!((record["decision"].as_str(), record["status"].as_u64()), (Some("deny"), Some(403)));
+}
+
+#[test]
+fn a_batch_record_is_an_array_of_its_events() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"audit": {"filter_state": "record"}}));
+    let req = w
+        .dpop_request("POST", "/mcp", &w.dpop_token("weather:read"))
+        .json(&json!([tools_call(1, "get_forecast"), tools_call(2, "get_forecast")]));
+    let outcome = send_wasm(&mut h, &req);
+    let f = outcome.as_forwarded().unwrap_or_else(|| panic!("{outcome:?}"));
+    let record: Value = serde_json::from_str(&f.filter_state_str("mcp_guard_audit").unwrap()).unwrap();
+    assert_eq!(Value::Array(audit_events(&h)), record);
+    assert_eq!(record[1]["batch_index"], 1);
+}
+
+#[test]
+fn audit_off_still_enforces_and_counts() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"audit": {"log": "none", "filter_state": "none"}}));
+    let (allowed, refused) = allowed_and_refused(&w, &mut h);
+    assert!(audit_events(&h).is_empty());
+    assert!(allowed.as_forwarded().unwrap().filter_state.is_empty());
+    assert!(refused.as_local_reply().unwrap().filter_state.is_empty());
+    assert_eq!(h.metric("mcp_guard.allowed"), Some(1));
+    assert_eq!(h.metric("mcp_guard.denied.insufficient_scope"), Some(1));
+    assert_eq!(
+        allowed.as_forwarded().unwrap().header("x-mcp-guard-subject").as_deref(),
+        Some("user-123"),
+        "the upstream still gets the verified identity"
+    );
+}

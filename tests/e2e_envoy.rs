@@ -46,13 +46,18 @@ impl Stack {
     /// `binding` is the filter's binding mode; `tls` makes the listener HTTPS with mandatory
     /// client certificates.
     async fn start(name: &str, binding: &str, tls: Option<Tls>) -> Stack {
+        Stack::start_with(name, binding, tls, json!({})).await
+    }
+
+    /// As `start`, with `patch`'s top-level members replacing the plugin configuration's.
+    async fn start_with(name: &str, binding: &str, tls: Option<Tls>, patch: Value) -> Stack {
         let wasm = must(envoy::filter_wasm(), "the filter");
         must(envoy::binary(), "Envoy");
         // Envoy's port is picked free and then released before Envoy binds it: should another
         // process take it in between, start again on another.
         let mut attempt = 1;
         loop {
-            match Stack::try_start(name, binding, tls.clone(), wasm.clone()).await {
+            match Stack::try_start(name, binding, tls.clone(), wasm.clone(), &patch).await {
                 Ok(stack) => return stack,
                 Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => attempt += 1,
                 Err(e) => panic!("starting Envoy: {e}"),
@@ -60,7 +65,7 @@ impl Stack {
         }
     }
 
-    async fn try_start(name: &str, binding: &str, tls: Option<Tls>, wasm: PathBuf) -> Result<Stack, Error> {
+    async fn try_start(name: &str, binding: &str, tls: Option<Tls>, wasm: PathBuf, patch: &Value) -> Result<Stack, Error> {
         let issuer_listener = mcp_guard_demo::net::bind("127.0.0.1:0".parse().unwrap()).await?;
         let mcp_listener = mcp_guard_demo::net::bind("127.0.0.1:0".parse().unwrap()).await?;
         let authz = issuer_listener.local_addr().unwrap();
@@ -76,7 +81,13 @@ impl Stack {
         let spec = Spec {
             name: name.to_string(),
             wasm,
-            plugin_config: plugin_config(&issuer_url, &mcp_url, binding),
+            plugin_config: {
+                let mut config = plugin_config(&issuer_url, &mcp_url, binding);
+                if let (Some(config), Some(patch)) = (config.as_object_mut(), patch.as_object()) {
+                    config.extend(patch.clone());
+                }
+                config
+            },
             listen_port,
             tls,
             mcp_server,
@@ -578,4 +589,41 @@ async fn decisions_show_in_the_access_log_the_audit_log_and_stats() {
     assert_eq!(stack.counter("wasmcustom.mcp_guard.tool.decommission_station.denied").await, 1);
     assert_eq!(stack.counter("wasmcustom.mcp_guard.denied.insufficient_scope").await, 1);
     assert!(stack.counter("wasmcustom.mcp_guard.allowed").await >= 1);
+}
+
+/// `audit: {log: denied, filter_state: record}`: every decision reaches the access log as one
+/// JSON record; only the refusal gets a line in Envoy's own log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_record_goes_to_the_access_log_and_only_refusals_to_envoys_log() {
+    let stack = Stack::start_with("record", "dpop", None, json!({"audit": {"log": "denied", "filter_state": "record"}})).await;
+    let agent = stack.agent();
+    let token = must(agent.request_token(&agent.dpop_token_request("weather:read")).await, "token");
+    let holder = agent.holder(token.access_token);
+
+    let allowed = RawRequest::post(INITIALIZE).signed(&holder).header("x-request-id", "record-e2e-allowed");
+    let answer = must(agent.send_raw(&allowed).await, "initialize");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let refused = RawRequest::post(tool_call(2, "decommission_station")).signed(&holder).header("x-request-id", "record-e2e-refused");
+    stack.expect_refusal(&agent, "missing scope", &refused, 403, "insufficient_scope").await;
+
+    let record_of = |line: &str| -> Value {
+        let json = line.split(" audit=").nth(1).unwrap_or_else(|| panic!("no audit= in: {line}"));
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("the record is not JSON ({e}): {json}"))
+    };
+    let allow_line = log_line(&stack, "access line of the allowed call", |l| l.contains("record-e2e-allowed") && l.starts_with("[access] ")).await;
+    let record = record_of(&allow_line);
+    assert_eq!((record["decision"].as_str(), record["method"].as_str()), (Some("allow"), Some("initialize")), "{record}");
+    assert_eq!(record["jkt"], json!(agent.jkt()));
+    assert!(allow_line.contains("decision=- "), "fields are not set in record mode: {allow_line}");
+    let deny_line = log_line(&stack, "access line of the refusal", |l| l.contains("record-e2e-refused") && l.starts_with("[access] ")).await;
+    let record = record_of(&deny_line);
+    assert_eq!((record["status"].as_u64(), record["reason"].as_str()), (Some(403), Some("insufficient_scope")));
+
+    // Envoy's own log: the refusal's audit line, none for the allowed call.
+    log_line(&stack, "audit line of the refusal", |l| l.contains("mcp-guard-audit ") && l.contains("record-e2e-refused")).await;
+    let log = std::fs::read_to_string(&stack.envoy.log).unwrap();
+    assert!(
+        !log.lines().any(|l| l.contains("mcp-guard-audit ") && l.contains("record-e2e-allowed")),
+        "an allowed call was logged with audit.log = denied"
+    );
 }

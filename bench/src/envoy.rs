@@ -68,10 +68,12 @@ pub enum Front {
         jwks: Value,
         cache: bool,
     },
-    /// mcp-guard with this plugin configuration.
+    /// mcp-guard with this plugin configuration; `access_log`: a file access log that writes the
+    /// filter's audit record (`audit.filter_state: record`) for every request.
     Guard {
         wasm: PathBuf,
         config: Value,
+        access_log: Option<PathBuf>,
     },
 }
 
@@ -116,7 +118,7 @@ impl Spec {
                     }
                 }));
             }
-            Front::Guard { wasm, config } => filters.push(json!({
+            Front::Guard { wasm, config, .. } => filters.push(json!({
                 "name": "envoy.filters.http.wasm",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -162,6 +164,21 @@ impl Spec {
                 "http_filters": filters
             }
         });
+        let mut hcm = hcm;
+        if let Front::Guard {
+            access_log: Some(file),
+            ..
+        } = &self.front
+        {
+            hcm["typed_config"]["access_log"] = json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": file.display().to_string(),
+                    "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.mcp_guard_audit:PLAIN)%\n"}}
+                }
+            }]);
+        }
         let mut chain = json!({"filters": [hcm]});
         if let Some((cert, key, ca)) = &self.mtls {
             chain["transport_socket"] = json!({
@@ -438,6 +455,7 @@ mod tests {
             Front::Guard {
                 wasm: PathBuf::from("/x.wasm"),
                 config: json!({}),
+                access_log: None,
             },
         ] {
             let spec = Spec {

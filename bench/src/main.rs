@@ -6,7 +6,8 @@
 //! (5), `BENCH_SECONDS` (10), `BENCH_WARMUP_SECONDS` (3), `BENCH_TOKENS` (200000, config 3),
 //! `BENCH_FUEL_REQUESTS` (500), `BENCH_MEMORY_REQUESTS` (1000000), `BENCH_MEMORY_TOKENS`
 //! (requests / 10), `BENCH_MEMORY_TOKEN_CACHE` (10000), `BENCH_MEMORY_REPLAY_ENTRIES` (100000),
-//! `MCP_GUARD_WASM`, `ENVOY_BIN`.
+//! `BENCH_ONLY` (a subset of configurations, e.g. `1,2,4`), `BENCH_COMPARE_WASM` (other builds,
+//! `a.wasm:b.wasm`, on the cached-token path as configurations 4b, 4c, …), `MCP_GUARD_WASM`, `ENVOY_BIN`.
 
 mod envoy;
 mod fuel;
@@ -539,6 +540,9 @@ fn smoke(
     Ok(())
 }
 
+/// The configurations BENCH_COMPARE_WASM adds, one per .wasm.
+const COMPARE_IDS: [&str; 6] = ["4b", "4c", "4d", "4e", "4f", "4g"];
+
 fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Result<String, Error> {
     let rounds = env_u64("BENCH_ROUNDS", 5).max(1);
     let seconds = env_u64("BENCH_SECONDS", 10).max(1);
@@ -556,7 +560,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         c = load::CONNECTIONS
     );
     println!(
-        "plan:  {rounds} rounds × 8 configurations × {seconds} s, interleaved (1 2 3 4 5n 5 6 7, 1 2 …) after a {warmup} s warm-up each; \
+        "plan:  {rounds} rounds × 9 configurations × {seconds} s, interleaved (1 2 3 4 4a 5n 5 6 7, 1 2 …) after a {warmup} s warm-up each; \
          every Envoy: --concurrency 1, log level info (the filter's audit line per request is written), \
          buffer filter + direct_response 200 upstream"
     );
@@ -589,6 +593,19 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     let guard = |binding: &str| Front::Guard {
         wasm: wasm.to_path_buf(),
         config: fuel::guard_config(&jwks, binding, fuel::REPLAY_CACHE_ENTRIES),
+        access_log: None,
+    };
+    // The deployment that records every decision in Envoy's access log instead of its log: one
+    // filter-state value per request, a buffered file write; refusals still get a log line.
+    let audit_log_file = dir.join("config-4a-access.log");
+    let guard_access_log = Front::Guard {
+        wasm: wasm.to_path_buf(),
+        config: {
+            let mut config = fuel::guard_config(&jwks, "bearer", fuel::REPLAY_CACHE_ENTRIES);
+            config["audit"] = serde_json::json!({"log": "denied", "filter_state": "record"});
+            config
+        },
+        access_log: Some(audit_log_file.clone()),
     };
     let bearer = |t: &str| ("Authorization", format!("Bearer {t}"));
     let script =
@@ -674,6 +691,15 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             None,
         ),
         (
+            "4a",
+            "mcp-guard bearer, cached token, audit to access log",
+            guard_access_log,
+            false,
+            script("4a", &[bearer(&m.bearer_token)], None)?,
+            Check::Guard,
+            None,
+        ),
+        (
             "5n",
             "no filter, TLS + client cert (oha)",
             Front::None,
@@ -721,6 +747,46 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         ),
     ];
 
+    let mut plans = plans;
+    // A/B of two builds in one run: the cached-token path again with another .wasm, interleaved
+    // with the rest, so a change is judged against the same machine drift.
+    // BENCH_COMPARE_WASM=a.wasm:b.wasm:… adds 4b, 4c, … in order.
+    let compared: Vec<PathBuf> = std::env::var_os("BENCH_COMPARE_WASM")
+        .map(|list| {
+            std::env::split_paths(&list)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, other) in compared.iter().enumerate().take(COMPARE_IDS.len()) {
+        let id = COMPARE_IDS.get(i).copied().unwrap_or("4z");
+        let name = other
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        plans.push((
+            id,
+            Box::leak(format!("mcp-guard bearer, cached token, {name}").into_boxed_str()),
+            Front::Guard {
+                wasm: other.clone(),
+                config: fuel::guard_config(&jwks, "bearer", fuel::REPLAY_CACHE_ENTRIES),
+                access_log: None,
+            },
+            false,
+            script(id, &[bearer(&m.bearer_token)], None)?,
+            Check::Guard,
+            None,
+        ));
+    }
+    // A subset (e.g. BENCH_ONLY=1,2,4): ratios whose configurations did not run print NaN.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        plans.retain(|plan| wanted.contains(&plan.0));
+        if plans.is_empty() {
+            return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b… with BENCH_COMPARE_WASM)")));
+        }
+    }
+
     let t = Instant::now();
     let mut configs = Vec::new();
     for (id, label, front, mtls, gen, check, proofs) in plans {
@@ -742,7 +808,11 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             rss_kib: None,
         });
     }
-    println!("start: 8 Envoys ready ({:.1} s)", t.elapsed().as_secs_f64());
+    println!(
+        "start: {} Envoys ready ({:.1} s)",
+        configs.len(),
+        t.elapsed().as_secs_f64()
+    );
 
     // Smoke checks: each configuration answers the benchmark's request with the direct_response's
     // 200 and, where there is a filter, 401 without credentials (the filter is really in the path).
@@ -751,7 +821,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     for cfg in &configs {
         let good: Vec<(&str, String)> = match cfg.id {
             "1" | "5n" => vec![],
-            "2" | "4" => vec![bearer(&m.bearer_token)],
+            id if id == "2" || id.starts_with('4') => vec![bearer(&m.bearer_token)],
             "3" => vec![bearer(&first_token)],
             "5" => vec![bearer(&m.mtls_token)],
             "6" => vec![
@@ -764,7 +834,8 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             ],
         };
         smoke(cfg, &ctx, &good, 200, "with credentials")?;
-        if !matches!(cfg.id, "1" | "5n") {
+        // A compared build may be an experiment that refuses nothing (a floor measurement).
+        if !matches!(cfg.id, "1" | "5n") && !COMPARE_IDS.contains(&cfg.id) {
             smoke(cfg, &ctx, &[], 401, "without credentials")?;
         }
         if cfg.id == "5" {
@@ -819,6 +890,21 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     }
     for cfg in &mut configs {
         cfg.rss_kib = cfg.envoy.rss_kib();
+    }
+    if configs.iter().any(|c| c.id == "4a") {
+        // The audit record really reached the access log (Envoy flushes it in 64 KiB blocks).
+        let text = std::fs::read_to_string(&audit_log_file).unwrap_or_default();
+        let records = text
+            .lines()
+            .filter(|l| l.contains("\"decision\":\"allow\""))
+            .count();
+        if records == 0 {
+            return Err(Error(format!(
+                "config 4a: no audit record in its access log {}",
+                audit_log_file.display()
+            )));
+        }
+        println!("audit: config 4a's access log holds {records} audit records of allowed requests (flushed so far)");
     }
     let load_after = load_average();
     let elapsed = t.elapsed().as_secs_f64();
@@ -936,16 +1022,27 @@ fn print_table(
     );
     println!(
         "ratios (median over rounds of the ratio within each round, min–max in parentheses; \"vs 1\" likewise):\n   \
-         4/2 {} cached token: mcp-guard vs jwt_authn\n   6/3 {} and 7/3 {} one signature per request: DPoP proof vs jwt_authn uncached\n   \
+         4/2 {} cached token: mcp-guard vs jwt_authn (audit line per decision in Envoy's log, the default)\n   \
+         4a/2 {} the same, audit record to the access log, log line for refusals only\n   6/3 {} and 7/3 {} one signature per request: DPoP proof vs jwt_authn uncached\n   \
          5/5n {} mTLS binding, both over TLS with oha (5 vs 1 mixes generators and TLS: compare 5 with 5n)",
         spread("4", "2"),
+        spread("4a", "2"),
         spread("6", "3"),
         spread("7", "3"),
         spread("5", "5n")
     );
+    for c in configs.iter().filter(|c| COMPARE_IDS.contains(&c.id)) {
+        println!(
+            "   {id}/2 {} and {id}/4 {} the cached-token path with BENCH_COMPARE_WASM",
+            spread(c.id, "2"),
+            spread(c.id, "4"),
+            id = c.id
+        );
+    }
     format!(
-        "ratios: cached={:.2} dpop_es256={:.2} dpop_eddsa={:.2} mtls={:.2} none_2={:.2} none_3={:.2} none_4={:.2} none_6={:.2} none_7={:.2} wasm_kib={:.0}",
+        "ratios: cached={:.2} cached_access_log={:.2} dpop_es256={:.2} dpop_eddsa={:.2} mtls={:.2} none_2={:.2} none_3={:.2} none_4={:.2} none_6={:.2} none_7={:.2} wasm_kib={:.0}",
         ratio("4", "2"),
+        ratio("4a", "2"),
         ratio("6", "3"),
         ratio("7", "3"),
         ratio("5", "5n"),

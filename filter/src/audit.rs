@@ -16,6 +16,9 @@ use crate::token::AccessClaims;
 
 /// Every audit line starts with this, so log pipelines can pick them out.
 pub const AUDIT_PREFIX: &str = "mcp-guard-audit ";
+/// The filter-state name of the whole record (`audit.filter_state: record`); Envoy's access log
+/// reads it as `%FILTER_STATE(wasm.mcp_guard_audit:PLAIN)%`.
+pub const FILTER_STATE_RECORD: &str = "mcp_guard_audit";
 
 /// The header namespace the filter owns: client-sent ones are removed, verified ones added.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-mcp-guard-";
@@ -153,8 +156,13 @@ pub fn upstream_headers(config: &Config, head: &RequestHead, claims: &AccessClai
     let mut remove = Vec::new();
     if !config.forward_token {
         // MCP authorization spec: the server must not receive (or pass on) the client's token.
-        remove.push("authorization".to_string());
-        remove.push("dpop".to_string());
+        // `head` holds every request header, so a credential header it lacks is not there to
+        // remove (and each removal is a host call).
+        for credential in ["authorization", "dpop"] {
+            if head.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(credential)) {
+                remove.push(credential.to_string());
+            }
+        }
     }
     // Client-sent identity headers of our namespace are removed whatever their case.
     remove.extend(

@@ -69,6 +69,40 @@ pub struct ResourceMetadata {
     pub resource_name: Option<String>,
 }
 
+/// Which decisions get a line in Envoy's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLog {
+    /// Every decision (the default: nothing goes unrecorded when no access log is configured).
+    All,
+    /// Refusals only; allowed requests are recorded through the access log.
+    Denied,
+    None,
+}
+
+/// How a decision reaches Envoy's access log (filter state, `%FILTER_STATE(wasm.<name>:PLAIN)%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFilterState {
+    /// One value per fact: `mcp_guard_decision`, `mcp_guard_reason`, `mcp_guard_sub`, … (the
+    /// default; readable in a text format).
+    Fields,
+    /// The whole audit record as one JSON value, `mcp_guard_audit`: one host call instead of up
+    /// to nine per request.
+    Record,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub log: AuditLog,
+    pub filter_state: AuditFilterState,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub issuer: String,
@@ -86,6 +120,7 @@ pub struct Config {
     /// Pass `Authorization` and `DPoP` on to the upstream. Off by default: the MCP spec forbids
     /// a server to receive and reuse the client's token (token passthrough).
     pub forward_token: bool,
+    pub audit: AuditSettings,
     pub policy: Policy,
 }
 
@@ -329,6 +364,29 @@ impl Config {
             Some(_) => return Err(err("forward_token", "must be true or false")),
         };
 
+        let audit = match top.get("audit") {
+            None => AuditSettings::default(),
+            Some(value) => {
+                let mut f = Fields::of("audit", value)?;
+                let log = match f.string("log")? {
+                    None | Some("all") => AuditLog::All,
+                    Some("denied") => AuditLog::Denied,
+                    Some("none") => AuditLog::None,
+                    Some(other) => return Err(err("audit.log", format!("{other:?} is not all, denied or none"))),
+                };
+                let filter_state = match f.string("filter_state")? {
+                    None | Some("fields") => AuditFilterState::Fields,
+                    Some("record") => AuditFilterState::Record,
+                    Some("none") => AuditFilterState::None,
+                    Some(other) => {
+                        return Err(err("audit.filter_state", format!("{other:?} is not fields, record or none")))
+                    }
+                };
+                f.finish()?;
+                AuditSettings { log, filter_state }
+            }
+        };
+
         top.finish()?;
 
         Ok(Config {
@@ -343,6 +401,7 @@ impl Config {
             clock_skew_seconds,
             token_cache_entries,
             forward_token,
+            audit,
             policy,
         })
     }
@@ -411,6 +470,7 @@ mod tests {
         assert_eq!(config.dpop, DpopSettings::default());
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.policy.unlisted_tools, Unlisted::Deny);
+        assert_eq!(config.audit, AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields });
         assert_eq!(config.resource_metadata.scopes_supported, vec!["weather:read".to_string()]);
         assert_eq!(config.resource_metadata_url(), "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
     }
@@ -425,6 +485,17 @@ mod tests {
         let mut no_keys = base();
         no_keys.as_object_mut().unwrap().remove("jwks");
         assert_eq!(refused_field(&no_keys), "jwks");
+    }
+
+    #[test]
+    fn audit_settings_are_read() {
+        let mut v = base();
+        v["audit"] = json!({"log": "denied", "filter_state": "record"});
+        assert_eq!(load(&v).unwrap().audit, AuditSettings { log: AuditLog::Denied, filter_state: AuditFilterState::Record });
+        v["audit"] = json!({"log": "none", "filter_state": "none"});
+        assert_eq!(load(&v).unwrap().audit, AuditSettings { log: AuditLog::None, filter_state: AuditFilterState::None });
+        v["audit"] = json!({});
+        assert_eq!(load(&v).unwrap().audit, AuditSettings::default());
     }
 
     #[test]
@@ -468,6 +539,10 @@ mod tests {
             (json!({"jwks": {"keys": []}}), "jwks.keys"),
             (json!({"issuer": 7}), "issuer"),
             (json!({"forward_token": "yes"}), "forward_token"),
+            (json!({"audit": "all"}), "audit"),
+            (json!({"audit": {"log": "some"}}), "audit.log"),
+            (json!({"audit": {"filter_state": "json"}}), "audit.filter_state"),
+            (json!({"audit": {"logs": "all"}}), "audit.logs"),
         ];
         for (patch, field) in cases {
             let mut v = base();

@@ -327,6 +327,8 @@ fn set_property(c: &mut C, path_ptr: u32, path_len: u32, value_ptr: u32, value_l
     let value = read(c, value_ptr, value_len)?;
     // Envoy keeps these in the stream's filter state; a root context has none.
     let stream = c.data_mut().effective_stream().ok_or(Status::NotFound)?;
+    let dotted = path.split(|b| *b == 0).map(String::from_utf8_lossy).collect::<Vec<_>>().join(".");
+    stream.filter_state.insert(dotted, value.clone());
     stream.properties.insert(path, value);
     Ok(())
 }

@@ -56,6 +56,7 @@ impl Harness {
             continue_response: false,
             reset: None,
             properties,
+            filter_state: Default::default(),
             access_log_phase: false,
         };
         self.store.data_mut().streams.insert(id, stream);
@@ -433,6 +434,7 @@ fn completed_outcome(stream: &Stream) -> Outcome {
             details: reply.details.clone(),
             grpc_status: reply.grpc_status,
             upstream_request_headers: stream.request.out.headers.clone(),
+            filter_state: stream.filter_state.clone(),
         }),
         None => Outcome::Forwarded(Forwarded {
             context_id: stream.id,
@@ -440,6 +442,7 @@ fn completed_outcome(stream: &Stream) -> Outcome {
             request_body: stream.request.out.body.clone(),
             request_trailers: stream.request.out.trailers.clone(),
             response: Response { status, headers, body: out.body.clone(), trailers: out.trailers.clone() },
+            filter_state: stream.filter_state.clone(),
         }),
     }
 }

@@ -5,7 +5,7 @@
 //! trailers to the filter; the filter lets them through (`Continue`) or holds them (`Pause`).
 //! What it lets through is what the next hop sees.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use crate::map::Headers;
@@ -129,6 +129,9 @@ pub(crate) struct Stream {
     pub continue_response: bool,
     pub reset: Option<String>,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// What the plugin set with `proxy_set_property` (Envoy's filter state), path segments
+    /// joined with `.`, last value wins.
+    pub filter_state: BTreeMap<String, Vec<u8>>,
     pub access_log_phase: bool,
 }
 
@@ -212,12 +215,19 @@ pub struct Forwarded {
     pub request_trailers: Option<Headers>,
     /// The upstream's response after the filter's response callbacks.
     pub response: Response,
+    /// The filter state the plugin set (what Envoy's access log reads), by dotted path.
+    pub filter_state: BTreeMap<String, Vec<u8>>,
 }
 
 impl Forwarded {
     /// A request header the upstream received, as text.
     pub fn header(&self, name: &str) -> Option<String> {
         self.request_headers.get_str(name)
+    }
+
+    /// A filter-state value the plugin set, as text.
+    pub fn filter_state_str(&self, path: &str) -> Option<String> {
+        self.filter_state.get(path).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -234,6 +244,8 @@ pub struct LocalReply {
     pub grpc_status: Option<i32>,
     /// Headers the upstream had already received when the reply was sent, if any.
     pub upstream_request_headers: Option<Headers>,
+    /// The filter state the plugin set (what Envoy's access log reads), by dotted path.
+    pub filter_state: BTreeMap<String, Vec<u8>>,
 }
 
 impl LocalReply {
@@ -243,6 +255,11 @@ impl LocalReply {
 
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A filter-state value the plugin set, as text.
+    pub fn filter_state_str(&self, path: &str) -> Option<String> {
+        self.filter_state.get(path).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// The body parsed as JSON, if it is JSON.
