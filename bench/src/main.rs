@@ -598,6 +598,8 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     // The deployment that records every decision in Envoy's access log instead of its log: one
     // filter-state value per request, a buffered file write; refusals still get a log line.
     let audit_log_file = dir.join("config-4a-access.log");
+    // Envoy appends: a previous run's records must not count for this one.
+    let _ = std::fs::remove_file(&audit_log_file);
     let guard_access_log = Front::Guard {
         wasm: wasm.to_path_buf(),
         config: {
@@ -893,11 +895,17 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     }
     if configs.iter().any(|c| c.id == "4a") {
         // The audit record really reached the access log (Envoy flushes it in 64 KiB blocks).
-        let text = std::fs::read_to_string(&audit_log_file).unwrap_or_default();
-        let records = text
-            .lines()
-            .filter(|l| l.contains("\"decision\":\"allow\""))
-            .count();
+        // Read line by line: a full run leaves hundreds of megabytes of records.
+        use std::io::BufRead;
+        let records = std::fs::File::open(&audit_log_file)
+            .map(|file| {
+                std::io::BufReader::new(file)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| l.contains("\"decision\":\"allow\""))
+                    .count()
+            })
+            .unwrap_or(0);
         if records == 0 {
             return Err(Error(format!(
                 "config 4a: no audit record in its access log {}",
