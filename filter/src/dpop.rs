@@ -196,7 +196,8 @@ struct ProofKeyEntry {
     last_used: u64,
 }
 
-/// Keys kept per worker: up to 32 (a P-256 key with its table is about 26 KB).
+/// Keys kept per worker: up to 32 (a P-256 key with its table is about 100 KB, so at most
+/// ~3.2 MB per worker).
 pub const PROOF_KEYS_KEPT: usize = 32;
 
 thread_local! {
