@@ -649,12 +649,38 @@ impl Target for NativeTarget {
         };
         let mut env = Env { now: req.now, keys, may_fetch_keys: false, tokens: &mut self.tokens, replay_store: &mut self.store, replay_tag: 1 };
         let body = req.body.clone().or_else(|| (req.method == "POST").then(Vec::new));
-        match guard.decide(&head, body.as_deref(), &mut env) {
+        let decision = guard.decide(&head, body.as_deref(), &mut env);
+        audit_writer_agrees(&head, &decision, req.now);
+        match decision {
             Decision::Allow(_) => Outcome::Forwarded,
             Decision::Deny { reply, .. } => reply_outcome(&reply),
             Decision::NeedKeys { .. } => Outcome::Pending,
         }
     }
+}
+
+/// The filter writes its audit events with a direct JSON writer; on every decision of the table
+/// they must be, byte for byte, what serde_json writes for the `Value` events, and the
+/// filter-state facts those of the first event.
+fn audit_writer_agrees(head: &RequestHead, decision: &Decision, now: u64) {
+    let events = mcp_guard::audit::events(head, decision, now);
+    let expected: Vec<String> = events.iter().map(Value::to_string).collect();
+    assert_eq!(mcp_guard::audit::events_json(head, decision, now), expected);
+    let names = [
+        ("decision", "mcp_guard_decision"),
+        ("reason", "mcp_guard_reason"),
+        ("sub", "mcp_guard_sub"),
+        ("agent", "mcp_guard_agent"),
+        ("tool", "mcp_guard_tool"),
+        ("jkt", "mcp_guard_jkt"),
+        ("x5t#S256", "mcp_guard_x5t_S256"),
+        ("binding", "mcp_guard_binding"),
+    ];
+    let from_first: Vec<(&str, &str)> = events
+        .first()
+        .map(|first| names.iter().filter_map(|(member, key)| Some((*key, first.get(*member)?.as_str()?))).collect())
+        .unwrap_or_default();
+    assert_eq!(mcp_guard::audit::filter_state_facts(decision), from_first);
 }
 
 /// Where the built filter is: `$MCP_GUARD_WASM`, else the workspace's release build.

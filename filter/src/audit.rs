@@ -129,6 +129,228 @@ pub fn events(head: &RequestHead, decision: &Decision, now: u64) -> Vec<Value> {
     events
 }
 
+/// The audit events of one decision as compact JSON: byte for byte what `serde_json` writes
+/// for [`events`] (the same members, keys in their sorted order), written straight into
+/// strings. Building the events as `Value` maps and serializing them was a third of the
+/// filter's instructions on an allowed request (57k of 171k wasm instructions, cached token).
+pub fn events_json(head: &RequestHead, decision: &Decision, now: u64) -> Vec<String> {
+    let (allowed, status, reason, claims, possession, messages, required_scopes) = match decision {
+        Decision::Allow(a) => (true, 0, "allowed", Some(&a.claims), Some(&a.possession), a.messages.as_slice(), a.required_scopes.as_slice()),
+        Decision::Deny { denial, reply, facts } => (
+            false,
+            reply.status,
+            denial.code(),
+            facts.claims.as_ref(),
+            facts.possession.as_ref(),
+            facts.messages.as_slice(),
+            facts.required_scopes.as_slice(),
+        ),
+        Decision::NeedKeys { .. } => return Vec::new(),
+    };
+    let batch = messages.len() > 1;
+    let one = |index: usize, message: Option<&Message>| {
+        let mut o = JsonObject::new(256);
+        if let Some(c) = claims {
+            o.opt_str("agent", c.client_id.as_deref());
+        }
+        if batch {
+            o.key("batch_index");
+            o.out.push_str(&index.to_string());
+        }
+        if let (Some(_), Some(p)) = (claims, possession) {
+            o.str("binding", binding_name(p).unwrap_or("bearer"));
+        }
+        o.str("decision", if allowed { "allow" } else { "deny" });
+        if let Some(c) = claims {
+            o.key("delegation");
+            o.out.push('[');
+            for (i, actor) in c.delegation.iter().enumerate() {
+                if i > 0 {
+                    o.out.push(',');
+                }
+                let mut a = JsonObject::new(64);
+                a.opt_str("client_id", actor.client_id.as_deref());
+                a.opt_str("iss", actor.iss.as_deref());
+                a.opt_str("sub", actor.sub.as_deref());
+                o.out.push_str(&a.finish());
+            }
+            o.out.push(']');
+        }
+        o.str("http_method", &head.method);
+        if let Some(c) = claims {
+            o.str("iss", &c.issuer);
+        }
+        if let (Some(_), Some(jkt)) = (claims, possession.and_then(|p| p.dpop_jkt.as_deref())) {
+            o.str("jkt", jkt);
+        }
+        match message {
+            Some(Message::Call { method, .. }) => o.str("method", method),
+            Some(Message::Response { .. }) => o.opt_str("method", None),
+            None => {}
+        }
+        if let Some(Message::Call { target: Target::Prompt(name), .. }) = message {
+            o.str("prompt", name);
+        }
+        o.str("reason", reason);
+        o.opt_str("request_id", head.header_text("x-request-id"));
+        if let Some(Message::Call { target: Target::Resource(uri), .. }) = message {
+            o.str("resource", uri);
+        }
+        if let Some(Message::Response { .. }) = message {
+            o.key("response");
+            o.out.push_str("true");
+        }
+        let rpc_id = match message {
+            Some(Message::Call { id, .. }) => Some(id.as_ref()),
+            Some(Message::Response { id }) => Some(Some(id)),
+            None => None,
+        };
+        if let Some(id) = rpc_id {
+            // Through serde_json, as `events` does: the id's text read back as a value.
+            let value = id.and_then(|i| serde_json::from_str::<Value>(&i.0).ok()).unwrap_or(Value::Null);
+            o.key("rpc_id");
+            o.out.push_str(&value.to_string());
+        }
+        o.key("scopes_required");
+        o.out.push('[');
+        for (i, scope) in required_scopes.iter().enumerate() {
+            if i > 0 {
+                o.out.push(',');
+            }
+            escape_into(&mut o.out, scope);
+        }
+        o.out.push(']');
+        if !allowed {
+            o.key("status");
+            o.out.push_str(&status.to_string());
+        }
+        if let Some(c) = claims {
+            o.opt_str("sub", c.subject.as_deref());
+        }
+        o.key("time");
+        o.out.push_str(&now.to_string());
+        if let Some(c) = claims {
+            o.opt_str("token_jti", c.jti.as_deref());
+        }
+        if let Some(Message::Call { target: Target::Tool(name), .. }) = message {
+            o.str("tool", name);
+        }
+        if let (Some(_), Some(x5t)) = (claims, possession.and_then(|p| p.mtls_x5t.as_deref())) {
+            o.str("x5t#S256", x5t);
+        }
+        o.finish()
+    };
+    if messages.is_empty() {
+        return vec![one(0, None)];
+    }
+    messages.iter().enumerate().map(|(i, m)| one(i, Some(m))).collect()
+}
+
+/// The facts the access log reads one by one (`audit.filter_state: fields`), as filter-state
+/// name and value: those of the decision's first event that are strings, in this order.
+pub fn filter_state_facts(decision: &Decision) -> Vec<(&'static str, &str)> {
+    let (allowed, reason, claims, possession, messages) = match decision {
+        Decision::Allow(a) => (true, "allowed", Some(&a.claims), Some(&a.possession), a.messages.as_slice()),
+        Decision::Deny { denial, facts, .. } => {
+            (false, denial.code(), facts.claims.as_ref(), facts.possession.as_ref(), facts.messages.as_slice())
+        }
+        Decision::NeedKeys { .. } => return Vec::new(),
+    };
+    let mut facts = vec![("mcp_guard_decision", if allowed { "allow" } else { "deny" }), ("mcp_guard_reason", reason)];
+    let identity = claims.zip(possession);
+    if let Some(sub) = claims.and_then(|c| c.subject.as_deref()) {
+        facts.push(("mcp_guard_sub", sub));
+    }
+    if let Some(agent) = claims.and_then(|c| c.client_id.as_deref()) {
+        facts.push(("mcp_guard_agent", agent));
+    }
+    if let Some(Message::Call { target: Target::Tool(tool), .. }) = messages.first() {
+        facts.push(("mcp_guard_tool", tool));
+    }
+    if let Some(jkt) = identity.and_then(|(_, p)| p.dpop_jkt.as_deref()) {
+        facts.push(("mcp_guard_jkt", jkt));
+    }
+    if let Some(x5t) = identity.and_then(|(_, p)| p.mtls_x5t.as_deref()) {
+        facts.push(("mcp_guard_x5t_S256", x5t));
+    }
+    if let Some((_, p)) = identity {
+        facts.push(("mcp_guard_binding", binding_name(p).unwrap_or("bearer")));
+    }
+    facts
+}
+
+/// A JSON object written member by member, in the order given.
+struct JsonObject {
+    out: String,
+    empty: bool,
+}
+
+impl JsonObject {
+    fn new(capacity: usize) -> JsonObject {
+        let mut out = String::with_capacity(capacity);
+        out.push('{');
+        JsonObject { out, empty: true }
+    }
+
+    fn key(&mut self, name: &str) {
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        escape_into(&mut self.out, name);
+        self.out.push(':');
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
+        escape_into(&mut self.out, value);
+    }
+
+    fn opt_str(&mut self, name: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.str(name, value),
+            None => {
+                self.key(name);
+                self.out.push_str("null");
+            }
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+/// A JSON string as serde_json writes it: `"` and `\` escaped, the control characters as
+/// `\b \t \n \f \r` or `\u00xx` (lower-case hex), everything else (all of UTF-8) as is.
+fn escape_into(out: &mut String, value: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(value.get(start..i).unwrap_or_default());
+        if escaped.is_empty() {
+            out.push_str(&format!("\\u{byte:04x}"));
+        } else {
+            out.push_str(escaped);
+        }
+        start = i + 1;
+    }
+    out.push_str(value.get(start..).unwrap_or_default());
+    out.push('"');
+}
+
 /// Makes a claim value safe as a header value: printable ASCII, everything else (and `%`)
 /// percent-encoded, so a claim can never inject a header line.
 pub fn header_safe(value: &str) -> String {
@@ -216,6 +438,75 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    fn hostile() -> Vec<String> {
+        let mut all_controls: String = (0u8..0x20).map(char::from).collect();
+        all_controls.push('\u{7f}');
+        vec![
+            all_controls,
+            "quote \" and backslash \\ and slash /".into(),
+            "é, 日本, 🦀, U+2028 \u{2028}".into(),
+            String::new(),
+        ]
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for text in hostile() {
+            let mut ours = String::new();
+            escape_into(&mut ours, &text);
+            assert_eq!(ours, serde_json::to_string(&text).unwrap());
+        }
+    }
+
+    /// The direct writer and the `Value` events agree on every member, whatever the claims hold.
+    #[test]
+    fn the_json_writer_matches_the_value_events_for_hostile_claims() {
+        use crate::binding::Scheme;
+        use crate::guard::Allowed;
+        use crate::mcp::RpcId;
+        use crate::token::{Actor, Confirmation};
+        for text in hostile() {
+            let claims = AccessClaims {
+                issuer: text.clone(),
+                subject: Some(text.clone()),
+                client_id: None,
+                jti: Some(text.clone()),
+                expires_at: 0,
+                scopes: vec![text.clone()],
+                cnf: Confirmation::default(),
+                delegation: vec![
+                    Actor { sub: Some(text.clone()), client_id: None, iss: Some(text.clone()) },
+                    Actor { sub: None, client_id: Some("x".into()), iss: None },
+                ],
+                signing_key: String::new(),
+            };
+            let messages = [
+                Message::Call { id: Some(RpcId("1.5e3".into())), method: text.clone(), target: Target::Tool(text.clone()) },
+                Message::Call { id: None, method: "prompts/get".into(), target: Target::Prompt(text.clone()) },
+                Message::Call { id: Some(RpcId("\"a\\u0001\"".into())), method: "resources/read".into(), target: Target::Resource(text.clone()) },
+                Message::Response { id: RpcId("-7".into()) },
+            ];
+            let mut head = RequestHead { method: text.clone(), ..RequestHead::default() };
+            head.headers.push(("x-request-id".into(), text.clone().into_bytes()));
+            for possession in [
+                Possession::default(),
+                Possession { dpop_jkt: Some(text.clone()), mtls_x5t: Some("t".into()) },
+            ] {
+                for count in [0, 1, messages.len()] {
+                    let allowed = Decision::Allow(Box::new(Allowed {
+                        claims: claims.clone(),
+                        scheme: Scheme::Dpop,
+                        possession: possession.clone(),
+                        messages: messages[..count].to_vec(),
+                        required_scopes: vec![text.clone(), "b".into()],
+                    }));
+                    let expected: Vec<String> = events(&head, &allowed, 42).iter().map(Value::to_string).collect();
+                    assert_eq!(events_json(&head, &allowed, 42), expected);
+                }
+            }
+        }
+    }
 
     #[test]
     fn header_values_cannot_inject_lines() {

@@ -333,49 +333,28 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
     if !log_line && settings.filter_state == AuditFilterState::None {
         return;
     }
-    let events = audit::events(head, decision, now);
-    if log_line {
-        for event in &events {
-            // Serialized straight into the line: the same compact JSON as `Display`, without
-            // going through the formatting machinery.
-            let mut line = audit::AUDIT_PREFIX.as_bytes().to_vec();
-            match serde_json::to_writer(&mut line, event).ok().and_then(|()| String::from_utf8(line).ok()) {
-                Some(line) => log(LogLevel::Info, &line),
-                None => log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX)),
+    if log_line || settings.filter_state == AuditFilterState::Record {
+        let events = audit::events_json(head, decision, now);
+        if log_line {
+            for event in &events {
+                log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX));
             }
+        }
+        if settings.filter_state == AuditFilterState::Record {
+            // The whole record, one host call: the event, or an array of them for a batch.
+            let record = match events.as_slice() {
+                [one] => one.clone(),
+                many => format!("[{}]", many.join(",")),
+            };
+            let _ = hostcalls::set_property(vec![audit::FILTER_STATE_RECORD], Some(record.as_bytes()));
         }
     }
     match settings.filter_state {
-        AuditFilterState::None => {}
-        // The whole record, one host call: the event, or an array of them for a batch.
-        AuditFilterState::Record => {
-            let record = match events.as_slice() {
-                [one] => serde_json::to_vec(one),
-                many => serde_json::to_vec(many),
-            };
-            if let Ok(record) = record {
-                let _ = hostcalls::set_property(vec![audit::FILTER_STATE_RECORD], Some(&record));
-            }
-        }
+        AuditFilterState::None | AuditFilterState::Record => {}
         // The facts one by one for Envoy's access log: %FILTER_STATE(wasm.mcp_guard_<name>:PLAIN)%.
         AuditFilterState::Fields => {
-            let Some(first) = events.first() else {
-                return;
-            };
-            const FACTS: [(&str, &str); 8] = [
-                ("decision", "mcp_guard_decision"),
-                ("reason", "mcp_guard_reason"),
-                ("sub", "mcp_guard_sub"),
-                ("agent", "mcp_guard_agent"),
-                ("tool", "mcp_guard_tool"),
-                ("jkt", "mcp_guard_jkt"),
-                ("x5t#S256", "mcp_guard_x5t_S256"),
-                ("binding", "mcp_guard_binding"),
-            ];
-            for (name, key) in FACTS {
-                if let Some(value) = first.get(name).and_then(|v| v.as_str()) {
-                    let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
-                }
+            for (key, value) in audit::filter_state_facts(decision) {
+                let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
             }
             let chain: Vec<String> = match decision {
                 Decision::Allow(a) => audit::delegation_names(&a.claims),
