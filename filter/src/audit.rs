@@ -326,6 +326,12 @@ impl JsonObject {
 /// `\b \t \n \f \r` or `\u00xx` (lower-case hex), everything else (all of UTF-8) as is.
 fn escape_into(out: &mut String, value: &str) {
     out.push('"');
+    // Claims, names and ids rarely need escaping: one scan, one copy.
+    if !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, byte) in value.bytes().enumerate() {
         let escaped = match byte {
