@@ -18,6 +18,8 @@ use p256::elliptic_curve::ops::{MulByGeneratorVartime as _, Reduce};
 use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::{Field as _, PrimeField as _};
 
+use mcp_guard_p256::{Affine, Jacobian, P_BE as P256_PRIME_BE};
+
 /// Splits a raw `r || s` signature of two `N`-byte halves.
 fn halves<const N: usize>(signature: &[u8]) -> Option<([u8; N], [u8; N])> {
     if signature.len() != 2 * N {
@@ -27,25 +29,26 @@ fn halves<const N: usize>(signature: &[u8]) -> Option<([u8; N], [u8; N])> {
     Some((r.try_into().ok()?, s.try_into().ok()?))
 }
 
-/// Window width of the generator's table: 37 rows of 64 affine points (170 KB once per VM), so
+/// Window width of the generator's table: 37 rows of 64 affine points (190 KB once per VM), so
 /// `u1·G` is at most 37 mixed additions.
 const GENERATOR_BITS: usize = 7;
-/// Window width of a key's table: 43 rows of 32 affine points (99 KB per key), so `u2·Q` is
+/// Window width of a key's table: 43 rows of 32 affine points (110 KB per key), so `u2·Q` is
 /// at most 43 mixed additions. Measured in V8 (Node 20), one ES256 verification: 196 µs with
 /// the earlier projective radix-16 key table, 142 µs with 6-bit affine rows for both points,
-/// 134 µs with 7 bits for the generator, 124 µs with 7 for the key too (170 KB per key).
+/// 134 µs with 7 bits for the generator, 124 µs with 7 for the key too (twice the memory).
 const KEY_BITS: usize = 6;
 
-/// `rows[i][j]` is `(j + 1)·2^(w·i)·P` for `j` below `2^(w-1)`, in affine coordinates, so
-/// every addition of a multiplication is a mixed one (cheaper than projective + projective).
+/// `rows[i][j]` is `(j + 1)·2^(w·i)·P` for `j` below `2^(w-1)`, affine, in the wasm-friendly
+/// field form of `mcp_guard_p256` (filter/p256): every addition of a multiplication is a mixed one.
 struct AffineTable {
     bits: usize,
-    rows: Box<[Box<[p256::AffinePoint]>]>,
+    rows: Box<[Box<[Affine]>]>,
 }
 
 impl AffineTable {
-    /// `bits` is 2..=7 (the range of [`signed_digits`]).
-    fn new(point: p256::ProjectivePoint, bits: usize) -> AffineTable {
+    /// `bits` is 2..=7 (the range of [`signed_digits`]). The multiples are computed with the
+    /// `p256` crate; `None` if one were the identity (impossible: the group has prime order).
+    fn new(point: p256::ProjectivePoint, bits: usize) -> Option<AffineTable> {
         use p256::elliptic_curve::group::Curve as _;
         let half = 1usize << (bits - 1);
         let mut base = point;
@@ -61,36 +64,34 @@ impl AffineTable {
                 base = base.double();
             }
         }
-        // One field inversion for the whole table. P-256 has prime order, so no entry is the
-        // identity; batch_normalize would keep one as such anyway.
+        // One field inversion for the whole table.
         let mut affine = vec![p256::AffinePoint::IDENTITY; projective.len()];
         p256::ProjectivePoint::batch_normalize(&projective, &mut affine);
-        AffineTable { bits, rows: affine.chunks(half).map(Box::from).collect() }
+        let converted = affine
+            .iter()
+            .map(|a| (!bool::from(a.is_identity())).then(|| Affine::from_be(&a.x().into(), &a.y().into())))
+            .collect::<Option<Vec<Affine>>>()?;
+        Some(AffineTable { bits, rows: converted.chunks(half).map(Box::from).collect() })
     }
 
     /// `acc + k·P`, variable time: one signed digit per row, one mixed addition for each
-    /// digit that is not zero.
-    fn add_multiple(&self, k: &p256::Scalar, acc: &mut p256::ProjectivePoint) {
+    /// digit that is not zero. `None` if an addition met an exceptional case.
+    fn add_multiple(&self, k: &p256::Scalar, acc: &mut Jacobian) -> Option<()> {
         let be: [u8; 32] = k.to_repr().into();
         for (row, digit) in self.rows.iter().zip(signed_digits(&be, self.bits)) {
             let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
                 continue;
             };
-            if let Some(point) = row.get(index) {
-                if digit < 0 {
-                    *acc += -*point;
-                } else {
-                    *acc += point;
-                }
-            }
+            acc.add_affine(row.get(index)?, digit < 0)?;
         }
+        Some(())
     }
 }
 
 /// The generator's table, built on first use (a few milliseconds in wasm32), then shared.
-fn generator_table() -> &'static AffineTable {
-    static TABLE: OnceLock<AffineTable> = OnceLock::new();
-    TABLE.get_or_init(|| AffineTable::new(p256::ProjectivePoint::GENERATOR, GENERATOR_BITS))
+fn generator_table() -> Option<&'static AffineTable> {
+    static TABLE: OnceLock<Option<AffineTable>> = OnceLock::new();
+    TABLE.get_or_init(|| AffineTable::new(p256::ProjectivePoint::GENERATOR, GENERATOR_BITS)).as_ref()
 }
 
 /// Signed digits of `width` bits (2..=7) of a big-endian 256-bit integer, least significant
@@ -124,7 +125,7 @@ impl P256Key {
     }
 
     pub(super) fn precomputed(&self) -> P256Key {
-        P256Key { point: self.point, table: Some(AffineTable::new(self.point, KEY_BITS)) }
+        P256Key { point: self.point, table: AffineTable::new(self.point, KEY_BITS) }
     }
 
     pub(super) fn is_precomputed(&self) -> bool {
@@ -132,6 +133,10 @@ impl P256Key {
     }
 
     pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.verify_digest(&super::sha256(message), signature)
+    }
+
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8]) -> bool {
         use p256::{FieldBytes, ProjectivePoint, Scalar, U256};
         let Some((r, s)) = halves::<32>(signature) else {
             return false;
@@ -146,21 +151,25 @@ impl P256Key {
         if bool::from(r.is_zero()) || bool::from(s.is_zero()) {
             return false;
         }
-        let z = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&super::sha256(message)));
+        let z = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(digest));
         let Some(w) = Option::<Scalar>::from(s.invert_vartime()) else {
             return false;
         };
         let (u1, u2) = (z * w, r * w);
-        let point = match &self.table {
-            Some(table) => {
-                let mut sum = ProjectivePoint::IDENTITY;
-                generator_table().add_multiple(&u1, &mut sum);
-                table.add_multiple(&u2, &mut sum);
-                sum
+        // With tables: the x-coordinate of u1·G + u2·Q must be r, or r + n when that is
+        // still below p (the x-coordinate is reduced mod n).
+        if let (Some(table), Some(generator)) = (&self.table, generator_table()) {
+            let mut sum = Jacobian::IDENTITY;
+            if generator.add_multiple(&u1, &mut sum).and_then(|()| table.add_multiple(&u2, &mut sum)).is_some() {
+                let r_int = U256::from_be_slice(&r.to_repr());
+                let order = <p256::NistP256 as p256::elliptic_curve::Curve>::ORDER;
+                let p_minus_n = U256::from_be_slice(&P256_PRIME_BE).wrapping_sub(&order);
+                let wrapped = r_int < p_minus_n && sum.has_x(&r_int.wrapping_add(&order).to_be_bytes().into());
+                return sum.has_x(&r.to_repr().into()) || wrapped;
             }
-            None => ProjectivePoint::mul_by_generator_and_mul_add_vartime(&u1, &u2, &self.point),
-        };
-        let point = point.to_affine();
+            // An exceptional addition (a doubling): the plain computation below decides.
+        }
+        let point = ProjectivePoint::mul_by_generator_and_mul_add_vartime(&u1, &u2, &self.point).to_affine();
         if bool::from(point.is_identity()) {
             return false;
         }
@@ -271,34 +280,65 @@ mod tests {
 
     #[test]
     fn affine_tables_of_every_width_match_the_generic_multiplication() {
+        use p256::elliptic_curve::point::AffineCoordinates as _;
         use p256::{ProjectivePoint, Scalar};
+        let x_of = |p: ProjectivePoint| -> [u8; 32] { p.to_affine().x().into() };
         let q = ProjectivePoint::GENERATOR * Scalar::from(0x1234_5678_9abc_def0u64);
         for bits in 2..=7 {
-            let table = AffineTable::new(q, bits);
+            let table = AffineTable::new(q, bits).unwrap();
             let mul = |k: &Scalar| {
-                let mut sum = ProjectivePoint::IDENTITY;
-                table.add_multiple(k, &mut sum);
-                sum
+                let mut sum = Jacobian::IDENTITY;
+                table.add_multiple(k, &mut sum).map(|()| sum)
             };
             // Small, large, n - 1 (all digits at their extremes), and digits at ±2^(w-1).
             let mut k = Scalar::from(3u64);
-            for _ in 0..8 {
-                assert_eq!(mul(&k), q * k, "{bits} bits");
-                k = k * k + Scalar::from(0xdead_beefu64);
-            }
-            assert_eq!(mul(&Scalar::ZERO), ProjectivePoint::IDENTITY);
-            assert_eq!(mul(&-Scalar::ONE), -q);
             let half = Scalar::from(1u64 << (bits - 1));
-            assert_eq!(mul(&half), q * half);
-            // Adding to an accumulator that already holds a point, even the same point.
-            let mut sum = q;
-            table.add_multiple(&Scalar::ONE, &mut sum);
-            assert_eq!(sum, q.double());
+            for k in (0..8)
+                .map(|_| {
+                    k = k * k + Scalar::from(0xdead_beefu64);
+                    k
+                })
+                .chain([-Scalar::ONE, half, Scalar::from(5u64)])
+            {
+                assert!(mul(&k).unwrap().has_x(&x_of(q * k)), "{bits} bits");
+                assert!(!mul(&k).unwrap().has_x(&x_of(q * (k + Scalar::ONE))), "{bits} bits");
+            }
+            // Zero leaves the identity, which has no x-coordinate.
+            assert!(!mul(&Scalar::ZERO).unwrap().has_x(&[0; 32]));
         }
-        let generator = generator_table();
-        let mut sum = ProjectivePoint::IDENTITY;
-        generator.add_multiple(&Scalar::from(0x0bad_cafeu64), &mut sum);
-        assert_eq!(sum, ProjectivePoint::GENERATOR * Scalar::from(0x0bad_cafeu64));
+        let generator = generator_table().unwrap();
+        let mut sum = Jacobian::IDENTITY;
+        generator.add_multiple(&Scalar::from(0x0bad_cafeu64), &mut sum).unwrap();
+        assert!(sum.has_x(&x_of(ProjectivePoint::GENERATOR * Scalar::from(0x0bad_cafeu64))));
+    }
+
+    /// u1·G + u2·Q meeting a table point on the way (a doubling) falls back to the plain
+    /// computation. Key Q = G (secret 1); a signature built so that u1 = 1 and u2 = k - 1
+    /// with k ≡ 2 mod 64: the sum is G after the generator's rows, and the key's first row
+    /// adds G again.
+    #[test]
+    fn an_exceptional_addition_falls_back_to_the_plain_path() {
+        use p256::elliptic_curve::point::AffineCoordinates as _;
+        use p256::{ProjectivePoint, Scalar, U256};
+        let g = ProjectivePoint::GENERATOR.to_affine();
+        let key = P256Key::from_coordinates(&g.x().into(), &g.y().into()).unwrap().precomputed();
+        let k = Scalar::from(2u64 + 64 * 0x1234_5678);
+        let r = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&(ProjectivePoint::GENERATOR * k).to_affine().x()));
+        // s = k^-1 (z + r·1) = z when z = r / (k - 1).
+        let z = r * (k - Scalar::ONE).invert().unwrap();
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r.to_repr());
+        signature[32..].copy_from_slice(&z.to_repr());
+        let digest: [u8; 32] = z.to_repr().into();
+        // The fast path alone stops at the doubling...
+        let mut sum = Jacobian::IDENTITY;
+        generator_table().unwrap().add_multiple(&Scalar::ONE, &mut sum).unwrap();
+        assert!(key.table.as_ref().unwrap().add_multiple(&(k - Scalar::ONE), &mut sum).is_none());
+        // ...and the signature still verifies, through the plain computation; a wrong digest does not.
+        assert!(key.verify_digest(&digest, &signature));
+        let mut other = digest;
+        other[31] ^= 1;
+        assert!(!key.verify_digest(&other, &signature));
     }
 
     #[test]
