@@ -4,7 +4,9 @@
 //! R = 2^260. p ≡ -1 mod 2^96, so each reduction step's multiplier is just the low 26 bits
 //! and adding it times p = 2^256 - 2^224 + 2^192 + 2^96 - 1 is four shifted additions. The
 //! `p256` crate's saturated 32-bit limbs spend most of their instructions on carries, which
-//! wasm has no flags for: measured in V8, one multiplication here costs about a third.
+//! wasm has no flags for. Measured in V8 (Node 20): 57–73 ns per multiplication here (about
+//! twice that when built at opt-level "s", hence a crate of its own); one ES256 verification
+//! with the same tables 56 µs on this arithmetic, 130 µs on the crate's.
 //!
 //! Only what verification with precomputed tables needs: affine table points (made by the
 //! `p256` crate and converted), a Jacobian accumulator with the mixed addition, and the final
