@@ -7,7 +7,7 @@ use mcp_guard::guard::{Decision, Env, Guard, HeadVerdict, RequestHead};
 use mcp_guard::config::{Config, KeySource};
 use mcp_guard::jose::sha256;
 use mcp_guard::replay::MemoryStore;
-use mcp_guard::testkit::{hex, ProofSpec, TestIssuer, TestKey};
+use mcp_guard::testkit::{hex, scenario_config, ProofSpec, TestIssuer, TestKey};
 use mcp_guard::token::TokenCache;
 use mcp_guard_harness::{Harness, Outcome as WasmOutcome};
 use serde_json::{json, Map, Value};
@@ -40,22 +40,7 @@ impl World {
 
     /// The configuration most scenarios use; `patch` replaces top-level members.
     pub fn config(&self, patch: Value) -> Value {
-        let mut config = json!({
-            "issuer": self.issuer.issuer,
-            "audience": self.issuer.audience,
-            "jwks": self.issuer.jwks(),
-            "binding": "dpop",
-            "public_url": PUBLIC_URL,
-            "dpop": {"algorithms": ["ES256", "EdDSA"], "max_age_seconds": 60, "clock_skew_seconds": 5},
-            "resource_metadata": {"authorization_servers": ["https://auth.example.com"], "scopes_supported": ["weather:read", "repo:admin"]},
-            "max_body_bytes": 4096,
-            "policy": {
-                "tools": {"get_forecast": ["weather:read"], "delete_repo": ["repo:admin"]},
-                "unlisted_tools": "deny",
-                "methods": {"resources/read": ["docs:read"]},
-                "prompts": {"summarize": ["prompts:use"]}
-            }
-        });
+        let mut config = scenario_config(&self.issuer.issuer, &self.issuer.audience, self.issuer.jwks(), "https://auth.example.com");
         if let Value::Object(patch) = patch {
             for (k, v) in patch {
                 config[k] = v;

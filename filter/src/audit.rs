@@ -6,11 +6,13 @@
 //! reason, and the scopes the call needed. Never the token, the proof or a signature.
 #![forbid(unsafe_code)]
 
-use serde_json::{json, Map, Value};
+#[cfg(any(test, feature = "testkit"))]
+use serde_json::{json, Map};
+use serde_json::Value;
 
 use crate::binding::Possession;
 use crate::config::Config;
-use crate::guard::{Decision, Facts, RequestHead};
+use crate::guard::{Decision, RequestHead};
 use crate::mcp::{Message, Target};
 use crate::token::AccessClaims;
 
@@ -41,6 +43,7 @@ pub fn delegation_names(claims: &AccessClaims) -> Vec<String> {
         .collect()
 }
 
+#[cfg(any(test, feature = "testkit"))]
 fn identity(event: &mut Map<String, Value>, claims: &AccessClaims, possession: Option<&Possession>) {
     event.insert("sub".into(), json!(claims.subject));
     event.insert("agent".into(), json!(claims.client_id));
@@ -67,6 +70,7 @@ fn identity(event: &mut Map<String, Value>, claims: &AccessClaims, possession: O
     }
 }
 
+#[cfg(any(test, feature = "testkit"))]
 fn target(event: &mut Map<String, Value>, message: &Message) {
     match message {
         Message::Call { method, target, id } => {
@@ -89,12 +93,17 @@ fn target(event: &mut Map<String, Value>, message: &Message) {
 
 /// The audit events of one decision: one per JSON-RPC message, or one for the request when
 /// it carried none (GET, DELETE, or refused before its body was read).
+///
+/// The reference model, kept for the tests only (feature `testkit`): the filter writes
+/// [`events_json`], and the tests hold its output to this one's serialization, byte for byte,
+/// on every decision of the scenario table.
+#[cfg(any(test, feature = "testkit"))]
 pub fn events(head: &RequestHead, decision: &Decision, now: u64) -> Vec<Value> {
     type Seen<'a> = (Option<&'a AccessClaims>, Option<&'a Possession>, &'a [Message], &'a [String]);
     let (allowed, status, reason, (claims, possession, messages, required_scopes)): (bool, u32, &str, Seen<'_>) = match decision {
         Decision::Allow(a) => (true, 0, "allowed", (Some(&a.claims), Some(&a.possession), &a.messages, &a.required_scopes)),
         Decision::Deny { denial, reply, facts } => {
-            let Facts { claims, possession, messages, required_scopes } = &**facts;
+            let crate::guard::Facts { claims, possession, messages, required_scopes } = &**facts;
             (false, reply.status, denial.code(), (claims.as_ref(), possession.as_ref(), messages, required_scopes))
         }
         Decision::NeedKeys { .. } => return Vec::new(),

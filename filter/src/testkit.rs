@@ -148,6 +148,28 @@ pub fn test_config(binding: &str, extra: Value) -> crate::config::Config {
     crate::config::Config::from_json(v.to_string().as_bytes()).unwrap()
 }
 
+/// The configuration of the scenario table (tests/lib.rs `World::config`) and of the fuzz
+/// seeds: DPoP binding on `https://mcp.example.com/mcp`, read and admin tools, a guarded
+/// resource method and prompt, 4 KiB bodies; `authorization_server` for the metadata document.
+pub fn scenario_config(issuer: &str, audience: &str, jwks: Value, authorization_server: &str) -> Value {
+    json!({
+        "issuer": issuer,
+        "audience": audience,
+        "jwks": jwks,
+        "binding": "dpop",
+        "public_url": "https://mcp.example.com/mcp",
+        "dpop": {"algorithms": ["ES256", "EdDSA"], "max_age_seconds": 60, "clock_skew_seconds": 5},
+        "resource_metadata": {"authorization_servers": [authorization_server], "scopes_supported": ["weather:read", "repo:admin"]},
+        "max_body_bytes": 4096,
+        "policy": {
+            "tools": {"get_forecast": ["weather:read"], "delete_repo": ["repo:admin"]},
+            "unlisted_tools": "deny",
+            "methods": {"resources/read": ["docs:read"]},
+            "prompts": {"summarize": ["prompts:use"]}
+        }
+    })
+}
+
 /// base64url(SHA-256(token)): a proof's `ath`.
 pub fn ath(token: &str) -> String {
     b64url_encode(&sha256(token.as_bytes()))

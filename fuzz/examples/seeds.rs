@@ -200,18 +200,7 @@ fn config(out: &mut Out, policies: &Path) {
         out.put(&format!("policy_{name}"), std::fs::read(&path).unwrap());
     }
     // The scenario suite's configuration (tests/lib.rs World::config), with inline keys.
-    let world = json!({
-        "issuer": ISSUER, "audience": AUDIENCE, "jwks": issuer_jwks(), "binding": "dpop", "public_url": PUBLIC_URL,
-        "dpop": {"algorithms": ["ES256", "EdDSA"], "max_age_seconds": 60, "clock_skew_seconds": 5},
-        "resource_metadata": {"authorization_servers": [ISSUER], "scopes_supported": ["weather:read", "repo:admin"]},
-        "max_body_bytes": 4096,
-        "policy": {
-            "tools": {"get_forecast": ["weather:read"], "delete_repo": ["repo:admin"]},
-            "unlisted_tools": "deny",
-            "methods": {"resources/read": ["docs:read"]},
-            "prompts": {"summarize": ["prompts:use"]}
-        }
-    });
+    let world = mcp_guard::testkit::scenario_config(ISSUER, AUDIENCE, issuer_jwks(), ISSUER);
     out.put("world", serde_json::to_string_pretty(&world).unwrap());
     mcp_guard::config::Config::from_json(world.to_string().as_bytes()).unwrap();
     out.put("minimal_bearer", text(&json!({
