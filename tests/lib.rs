@@ -566,6 +566,18 @@ pub fn scenarios(w: &World) -> Vec<Scenario> {
             refused_with(400, "malformed_request", &["error=\"invalid_request\""]),
         ),
         one(
+            "an Authorization token with a character outside token68",
+            base.clone(),
+            w.call("get_forecast", "weather:read").without_header("authorization").header("authorization", "DPoP abc,def"),
+            refused_with(400, "malformed_request", &["error=\"invalid_request\""]),
+        ),
+        one(
+            "an Authorization scheme with no token",
+            base.clone(),
+            w.call("get_forecast", "weather:read").without_header("authorization").header("authorization", "Bearer  "),
+            refused_with(400, "malformed_request", &["error=\"invalid_request\""]),
+        ),
+        one(
             "POST without a content type",
             base.clone(),
             w.call("get_forecast", "weather:read").without_header("content-type"),

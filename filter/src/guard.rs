@@ -473,3 +473,23 @@ enum TokenOutcome {
     NeedKeys(Option<String>),
     Denied(Denial),
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// The table is RFC 7235's token68 alphabet (before the padding), byte for byte.
+    #[test]
+    fn token68_table_is_the_rfc_alphabet() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+            assert_eq!(TOKEN68[usize::from(b)], expected, "byte {b:#04x}");
+        }
+        assert!(is_token68("abc.DEF-_~+/=="));
+        assert!(!is_token68("abc,def") && !is_token68("==") && !is_token68("") && !is_token68("a b"));
+    }
+}
