@@ -67,7 +67,7 @@ clean:
 OHA_VERSION := 1.16.0
 # The bench binary signs hundreds of thousands of tokens and proofs: optimised, but without the
 # release profile's fat LTO (a profile given on the command line, built into target/bench-host/).
-BENCH_CARGO := cargo --config 'profile.bench-host.inherits="release"' --config 'profile.bench-host.lto=false' --config 'profile.bench-host.codegen-units=16'
+BENCH_CARGO := cargo --config 'profile.bench-host.inherits="release"' --config 'profile.bench-host.lto=false' --config 'profile.bench-host.codegen-units=16' --config 'profile.bench-host.strip=false'
 bench: envoy
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build -p mcp-guard --target wasm32-wasip1 --release
@@ -76,6 +76,22 @@ bench: envoy
 	@oha --version 2>/dev/null | grep -q "$(OHA_VERSION)" || { echo "installing oha $(OHA_VERSION) (crates.io)"; cargo install oha --locked --version $(OHA_VERSION); }
 	$(BENCH_CARGO) build --profile bench-host -p mcp-guard-bench
 	target/bench-host/mcp-guard-bench $(or $(BENCH_MODE),all)
+
+## profile: where the filter's time goes on one path (PROFILE_PATH: cached, dpop_eddsa, … as in
+## the bench's fuel table), by `perf record` of the harness running the release .wasm built with
+## its function names (in target/profile-wasm, never replacing the release build) under
+## wasmtime's perf map. Cranelift's code, not V8's: the split between functions, not the µs.
+.PHONY: profile
+PROFILE_PATH ?= cached
+PROFILE_SECONDS ?= 10
+PROFILE_WASM := target/profile-wasm/wasm32-wasip1/release/mcp_guard.wasm
+profile: setup
+	@command -v perf >/dev/null || { echo "installing perf (Debian linux-perf)"; apt-get update -qq && apt-get install -y -qq linux-perf; }
+	CARGO_TARGET_DIR=target/profile-wasm CARGO_PROFILE_RELEASE_STRIP=false cargo build -p mcp-guard --target wasm32-wasip1 --release
+	$(BENCH_CARGO) build --profile bench-host -p mcp-guard-bench
+	mkdir -p target/profile
+	MCP_GUARD_WASM=$(PROFILE_WASM) perf record -F 4999 -o target/profile/$(PROFILE_PATH).perf.data -- target/bench-host/mcp-guard-bench profile $(PROFILE_PATH) $(PROFILE_SECONDS)
+	perf report -i target/profile/$(PROFILE_PATH).perf.data --no-children --sort dso,sym --percent-limit 0.4 --stdio 2>/dev/null | grep -v '^#' | grep -v '^$$' | head -60
 
 ## wasm-trap: a TEST-ONLY build of the filter that traps on `x-mcp-guard-test-trap: 1` (feature
 ## trap-for-tests), in its own target dir so it never replaces the release .wasm. The fail-closed

@@ -123,25 +123,27 @@ struct PathSpec {
 /// Warm-up requests (first token verification, allocator growth, caches) before measuring.
 const WARMUP: usize = 50;
 
-/// Fuel per request for each path the benchmark runs in Envoy, and a few that split the cost.
-pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Error> {
+/// The paths the benchmark runs in Envoy, and a few that split the cost, each with `total`
+/// requests (distinct tokens or proofs where the path needs them; those made only for the
+/// `wanted` path when one is named); with the issuer's JWKS and the time.
+fn path_specs(total: usize, wanted: Option<&str>) -> (Value, u64, Vec<PathSpec>) {
     let now = material::now();
     let issuer = TestIssuer::new(TestKey::es256());
     let es_client = TestKey::es256();
     let ed_client = TestKey::ed25519();
     let cert_digest = mcp_guard::jose::sha256(b"bench client certificate");
-    let total = WARMUP + measured;
     let bearer = material::unbound_token(&issuer, now, "fuel-bearer");
     let mtls = material::mtls_token(&issuer, now, "fuel-mtls", &cert_digest);
     let dpop_es = material::dpop_token(&issuer, now, "fuel-dpop-es", &es_client);
     let dpop_ed = material::dpop_token(&issuer, now, "fuel-dpop-ed", &ed_client);
     let auth = |t: &str, scheme: &str| ("authorization", format!("{scheme} {t}"));
 
-    let fresh_tokens = material::par_generate(total, |i| {
+    let distinct = |key: &str| if wanted.is_none_or(|w| w == key) { total } else { 0 };
+    let fresh_tokens = material::par_generate(distinct("token_verify"), |i| {
         material::unbound_token(&issuer, now, &format!("fuel-fresh-{i}"))
     });
-    let es_proofs = material::par_generate(total, |_| material::proof(&es_client, &dpop_es, now));
-    let ed_proofs = material::par_generate(total, |_| material::proof(&ed_client, &dpop_ed, now));
+    let es_proofs = material::par_generate(distinct("dpop_es256"), |_| material::proof(&es_client, &dpop_es, now));
+    let ed_proofs = material::par_generate(distinct("dpop_eddsa"), |_| material::proof(&ed_client, &dpop_ed, now));
     // A token whose signature does not verify: the issuer's header and claims, another key's signature.
     let forged = {
         let other = TestIssuer::new(TestKey::es256());
@@ -251,18 +253,28 @@ pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Erro
             requests: repeat(Req::post(vec![auth(&forged, "Bearer")])),
         },
     ];
+    (issuer.jwks(), now, specs)
+}
 
+/// A harness with the path's configuration, at the time its tokens and proofs were made.
+fn configured(wasm: &Path, options: &Options, jwks: &Value, now: u64, spec: &PathSpec) -> Result<Harness, Error> {
+    let mut h = Harness::load_with(wasm, options.clone()).map_err(|e| Error(format!("harness: {e}")))?;
+    h.set_time(now);
+    h.configure(&guard_config(jwks, spec.binding, REPLAY_CACHE_ENTRIES).to_string())
+        .map_err(|e| Error(format!("harness configure ({}): {e}", spec.key)))?;
+    Ok(h)
+}
+
+/// Fuel per request for each path the benchmark runs in Envoy, and a few that split the cost.
+pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Error> {
+    let (jwks, now, specs) = path_specs(WARMUP + measured, None);
     let options = Options {
         fuel: true,
         ..Options::default()
     };
     let mut out = Vec::new();
     for spec in specs {
-        let mut h = Harness::load_with(wasm, options.clone())
-            .map_err(|e| Error(format!("harness: {e}")))?;
-        h.set_time(now);
-        h.configure(&guard_config(&issuer.jwks(), spec.binding, 100_000).to_string())
-            .map_err(|e| Error(format!("harness configure ({}): {e}", spec.key)))?;
+        let mut h = configured(wasm, &options, &jwks, now, &spec)?;
         let (warm, measure) = spec.requests.split_at(WARMUP.min(spec.requests.len()));
         for req in warm {
             let outcome = send(&mut h, req)?;
@@ -286,6 +298,46 @@ pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Erro
         });
     }
     Ok(out)
+}
+
+/// The path keys [`profile`] knows.
+pub fn path_keys() -> Vec<&'static str> {
+    path_specs(0, Some("")).2.iter().map(|spec| spec.key).collect()
+}
+
+/// One path through the harness for about `seconds`, without fuel and with a perf map
+/// (`/tmp/perf-<pid>.map`), for `perf record` to attribute time to the filter's functions: the
+/// path's requests over and over, each pass in a fresh VM (a proof may be used once per VM).
+/// Returns the requests sent and wall microseconds per request.
+pub fn profile(wasm: &Path, key: &str, seconds: f64) -> Result<(usize, f64), Error> {
+    const PASS: usize = 50_000;
+    let (jwks, now, specs) = path_specs(WARMUP + PASS, Some(key));
+    let Some(spec) = specs.into_iter().find(|spec| spec.key == key) else {
+        return Err(Error(format!("no path {key:?}; paths: {}", path_keys().join(" "))));
+    };
+    let options = Options {
+        perf_map: true,
+        ..Options::default()
+    };
+    let (warm, measure) = spec.requests.split_at(WARMUP.min(spec.requests.len()));
+    let mut sent = 0;
+    let mut busy = std::time::Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        let mut h = configured(wasm, &options, &jwks, now, &spec)?;
+        for req in warm {
+            check(spec.name, &send(&mut h, req)?, spec.expect)?;
+        }
+        let pass = Instant::now();
+        for req in measure {
+            check(spec.name, &send(&mut h, req)?, spec.expect)?;
+            // The log lines would pile up in the harness for the whole pass.
+            h.take_logs();
+        }
+        busy += pass.elapsed();
+        sent += measure.len();
+    }
+    Ok((sent, busy.as_secs_f64() * 1e6 / sent.max(1) as f64))
 }
 
 /// The token cache's size as shipped (`token_cache_entries` default), set explicitly.

@@ -2,7 +2,8 @@
 //! worker each, interleaved rounds; then the deterministic figures from the harness (fuel per
 //! request path, VM memory after many distinct tokens and proofs). See `bench/README.md`.
 //!
-//! `mcp-guard-bench [all|envoy|harness]` (default `all`). Knobs (environment): `BENCH_ROUNDS`
+//! `mcp-guard-bench [all|envoy|harness]` (default `all`); `mcp-guard-bench profile <path>
+//! [seconds]` for `make profile`. Knobs (environment): `BENCH_ROUNDS`
 //! (5), `BENCH_SECONDS` (10), `BENCH_WARMUP_SECONDS` (3), `BENCH_TOKENS` (200000, config 3),
 //! `BENCH_FUEL_REQUESTS` (500), `BENCH_MEMORY_REQUESTS` (1000000), `BENCH_MEMORY_TOKENS`
 //! (requests / 10), `BENCH_MEMORY_TOKEN_CACHE` (10000), `BENCH_MEMORY_REPLAY_ENTRIES` (100000),
@@ -78,14 +79,32 @@ fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let result = match mode.as_str() {
         "all" | "envoy" | "harness" => run(&mode),
+        "profile" => profile(std::env::args().nth(2), std::env::args().nth(3)),
         _ => Err(Error(format!(
-            "usage: mcp-guard-bench [all|envoy|harness] (got {mode:?})"
+            "usage: mcp-guard-bench [all|envoy|harness] | profile <path> [seconds] (got {mode:?})"
         ))),
     };
     if let Err(e) = result {
         eprintln!("\nBENCHMARK FAILED: {e}");
         std::process::exit(1);
     }
+}
+
+/// `profile <path> [seconds]`: one harness path in a loop with a perf map, under `perf record`
+/// (see `make profile`); the wasm is the build at [`wasm_path`] (`MCP_GUARD_WASM`), which keeps
+/// its function names only when built unstripped.
+fn profile(key: Option<String>, seconds: Option<String>) -> Result<(), Error> {
+    let Some(key) = key else {
+        return Err(Error(format!("usage: mcp-guard-bench profile <path> [seconds]; paths: {}", fuel::path_keys().join(" "))));
+    };
+    let seconds = match seconds {
+        Some(n) => n.parse::<f64>().map_err(|_| Error(format!("seconds: not a number: {n:?}")))?,
+        None => 10.0,
+    };
+    let wasm = wasm_path(&workspace_root());
+    let (sent, micros) = fuel::profile(&wasm, &key, seconds)?;
+    println!("profile {key}: {sent} requests, {micros:.1} µs each in wasmtime (perf map /tmp/perf-{}.map)", std::process::id());
+    Ok(())
 }
 
 fn run(mode: &str) -> Result<(), Error> {

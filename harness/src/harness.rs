@@ -82,20 +82,26 @@ const _: fn() = || {
 
 // ---- engines and compiled modules ----------------------------------------------------------
 
-fn engine(fuel: bool) -> Result<Engine, HarnessError> {
-    static PLAIN: OnceLock<Result<Engine, String>> = OnceLock::new();
-    static FUELED: OnceLock<Result<Engine, String>> = OnceLock::new();
-    let cell = if fuel { &FUELED } else { &PLAIN };
+fn engine(fuel: bool, perf_map: bool) -> Result<Engine, HarnessError> {
+    // One engine per configuration, by (fuel, perf_map).
+    static ENGINES: [OnceLock<Result<Engine, String>>; 4] = [const { OnceLock::new() }; 4];
+    let slot = usize::from(fuel) + 2 * usize::from(perf_map);
+    let Some(cell) = ENGINES.get(slot) else {
+        return Err(HarnessError::InvalidModule { path: None, message: "no such engine configuration".to_string() });
+    };
     cell.get_or_init(|| {
         let mut config = Config::new();
         config.consume_fuel(fuel);
+        if perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).map_err(|e| format!("{e:#}"))
     })
     .clone()
     .map_err(|message| HarnessError::InvalidModule { path: None, message: format!("cannot create the wasmtime engine: {message}") })
 }
 
-type ModuleKey = (PathBuf, u64, Option<SystemTime>, bool);
+type ModuleKey = (PathBuf, u64, Option<SystemTime>, bool, bool);
 type ModuleSlot = Arc<OnceLock<Result<Module, HarnessError>>>;
 
 /// Compiled modules, once per file version per process: compiling is the slow part, and a
@@ -104,7 +110,7 @@ fn cached_module(path: &Path, options: &Options) -> Result<Module, HarnessError>
     static MODULES: OnceLock<Mutex<HashMap<ModuleKey, ModuleSlot>>> = OnceLock::new();
     let meta = std::fs::metadata(path).map_err(|_| HarnessError::WasmNotFound { path: path.to_path_buf() })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let key = (canonical, meta.len(), meta.modified().ok(), options.fuel);
+    let key = (canonical, meta.len(), meta.modified().ok(), options.fuel, options.perf_map);
     let slot = {
         let mut modules = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         modules.entry(key).or_default().clone()
@@ -119,8 +125,9 @@ fn cached_module(path: &Path, options: &Options) -> Result<Module, HarnessError>
 }
 
 fn compile(bytes: &[u8], path: Option<&Path>, options: &Options) -> Result<Module, HarnessError> {
-    let engine = engine(options.fuel)?;
-    let cache_file = if options.disk_cache { path.map(|p| disk_cache_file(&engine, p, bytes)) } else { None };
+    let engine = engine(options.fuel, options.perf_map)?;
+    // A module from the disk cache would carry no perf map entries: compile it here.
+    let cache_file = if options.disk_cache && !options.perf_map { path.map(|p| disk_cache_file(&engine, p, bytes)) } else { None };
     if let Some(file) = &cache_file {
         if file.exists() {
             // SAFETY: the file was written by `Module::serialize` of this same engine

@@ -148,6 +148,9 @@ pub struct Options {
     /// temp dir), keyed by a hash of the module bytes and the engine, so later processes skip
     /// the compile. Default on; `MCP_GUARD_HARNESS_DISK_CACHE=0` turns it off.
     pub disk_cache: bool,
+    /// Write `/tmp/perf-<pid>.map` naming the compiled wasm functions, so `perf record` of the
+    /// process shows the filter's own functions (for profiling; `mcp-guard-bench profile`).
+    pub perf_map: bool,
 }
 
 impl Default for Options {
@@ -163,6 +166,7 @@ impl Default for Options {
             random_seed: 0x5eed,
             log_level: LogLevel::Trace,
             disk_cache: std::env::var_os("MCP_GUARD_HARNESS_DISK_CACHE").is_none_or(|v| v != "0"),
+            perf_map: false,
         }
     }
 }
