@@ -2,6 +2,8 @@
 //! the upstream gets instead of the caller's credentials, and stats by reason and tool.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::time::Duration;
+
 use mcp_guard::audit::AUDIT_PREFIX;
 use mcp_guard_harness::Harness;
 use mcp_guard_tests::{load_filter, send_wasm, tools_call, Req, World, NOW};
@@ -14,10 +16,19 @@ fn configured(w: &World, patch: Value) -> Harness {
     h
 }
 
-fn audit_events(h: &Harness) -> Vec<Value> {
+/// The audit events written so far, once the waiting lines are out: they are written together,
+/// at most `audit.log_flush_ms` (1 s by default) after their decisions.
+fn audit_events(h: &mut Harness) -> Vec<Value> {
+    h.elapse(Duration::from_millis(1000)).unwrap();
+    written_events(h)
+}
+
+/// The audit events in the log now, without waiting (several lines may come in one log call).
+fn written_events(h: &Harness) -> Vec<Value> {
     h.logs()
         .iter()
-        .filter_map(|l| l.message.strip_prefix(AUDIT_PREFIX))
+        .flat_map(|l| l.message.split('\n'))
+        .filter_map(|line| line.strip_prefix(AUDIT_PREFIX))
         .map(|json| serde_json::from_str(json).unwrap())
         .collect()
 }
@@ -79,7 +90,7 @@ fn an_allowed_call_is_recorded_with_every_field_and_no_secret() {
     let token = delegated_token(&w, "weather:read");
     let req = w.dpop_request("POST", "/mcp", &token).header("x-request-id", "req-42").json(&tools_call(7, "get_forecast"));
     assert!(send_wasm(&mut h, &req).as_forwarded().is_some());
-    let events = audit_events(&h);
+    let events = audit_events(&mut h);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert_eq!(e["time"], json!(NOW));
@@ -121,7 +132,7 @@ fn refusals_are_recorded_with_status_reason_and_what_was_known() {
     let req = w.call("get_forecast", "weather:read");
     send_wasm(&mut h, &req);
     send_wasm(&mut h, &req.clone().at(NOW + 1));
-    let events = audit_events(&h);
+    let events = audit_events(&mut h);
     assert_eq!(events.len(), 4, "{events:?}");
     assert_eq!((events[0]["decision"].as_str(), events[0]["status"].as_u64(), events[0]["reason"].as_str()), (Some("deny"), Some(403), Some("insufficient_scope")));
     assert_eq!(events[0]["tool"], "delete_repo");
@@ -141,7 +152,7 @@ fn a_batch_is_recorded_per_element() {
         .dpop_request("POST", "/mcp", &w.dpop_token("weather:read"))
         .json(&json!([tools_call(1, "get_forecast"), {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "file:///a"}}]));
     send_wasm(&mut h, &req);
-    let events = audit_events(&h);
+    let events = audit_events(&mut h);
     assert_eq!(events.len(), 2);
     assert_eq!((events[0]["batch_index"].as_u64(), events[0]["tool"].as_str()), (Some(0), Some("get_forecast")));
     assert_eq!((events[1]["batch_index"].as_u64(), events[1]["resource"].as_str()), (Some(1), Some("file:///a")));
@@ -161,7 +172,7 @@ fn an_mtls_call_records_the_certificate_thumbprint() {
     let x5t = mcp_guard::testkit::x5t_s256(&w.cert_digest);
     assert_eq!(f.header("x-mcp-guard-binding").as_deref(), Some("mtls"));
     assert_eq!(f.header("x-mcp-guard-key"), Some(x5t.clone()));
-    let e = &audit_events(&h)[0];
+    let e = &audit_events(&mut h)[0];
     assert_eq!((e["binding"].as_str(), e["x5t#S256"].as_str()), (Some("mtls"), Some(x5t.as_str())));
 }
 
@@ -195,7 +206,7 @@ fn by_default_every_decision_is_logged_and_its_facts_are_filter_state_fields() {
     let w = World::new();
     let mut h = configured(&w, json!({}));
     let (allowed, refused) = allowed_and_refused(&w, &mut h);
-    assert_eq!(audit_events(&h).len(), 2, "one line per decision");
+    assert_eq!(audit_events(&mut h).len(), 2, "one line per decision");
     let f = allowed.as_forwarded().unwrap();
     assert_eq!(f.filter_state_str("mcp_guard_decision").as_deref(), Some("allow"));
     assert_eq!(f.filter_state_str("mcp_guard_sub").as_deref(), Some("user-123"));
@@ -212,11 +223,11 @@ fn audit_to_the_access_log_records_each_decision_once_and_logs_only_refusals() {
     let w = World::new();
     let mut logged = configured(&w, json!({}));
     allowed_and_refused(&w, &mut logged);
-    let lines = audit_events(&logged);
+    let lines = audit_events(&mut logged);
 
     let mut h = configured(&w, json!({"audit": {"log": "denied", "filter_state": "record"}}));
     let (allowed, refused) = allowed_and_refused(&w, &mut h);
-    let events = audit_events(&h);
+    let events = audit_events(&mut h);
     assert_eq!(events.len(), 1, "only the refusal has a log line: {events:?}");
     assert_eq!(events[0]["reason"], "insufficient_scope");
     let f = allowed.as_forwarded().unwrap();
@@ -240,7 +251,7 @@ fn a_batch_record_is_an_array_of_its_events() {
     let outcome = send_wasm(&mut h, &req);
     let f = outcome.as_forwarded().unwrap_or_else(|| panic!("{outcome:?}"));
     let record: Value = serde_json::from_str(&f.filter_state_str("mcp_guard_audit").unwrap()).unwrap();
-    assert_eq!(Value::Array(audit_events(&h)), record);
+    assert_eq!(Value::Array(audit_events(&mut h)), record);
     assert_eq!(record[1]["batch_index"], 1);
 }
 
@@ -249,7 +260,7 @@ fn audit_off_still_enforces_and_counts() {
     let w = World::new();
     let mut h = configured(&w, json!({"audit": {"log": "none", "filter_state": "none"}}));
     let (allowed, refused) = allowed_and_refused(&w, &mut h);
-    assert!(audit_events(&h).is_empty());
+    assert!(audit_events(&mut h).is_empty());
     assert!(allowed.as_forwarded().unwrap().filter_state.is_empty());
     assert!(refused.as_local_reply().unwrap().filter_state.is_empty());
     assert_eq!(h.metric("mcp_guard.allowed"), Some(1));
@@ -259,4 +270,61 @@ fn audit_off_still_enforces_and_counts() {
         Some("user-123"),
         "the upstream still gets the verified identity"
     );
+}
+
+/// Audit lines are gathered per worker and written in one log call: at the tick, at most
+/// `audit.log_flush_ms` after the decision, or as soon as 16 KiB are waiting.
+#[test]
+fn audit_lines_are_written_together_at_most_log_flush_ms_late() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"audit": {"log_flush_ms": 250}}));
+    allowed_and_refused(&w, &mut h);
+    assert!(written_events(&h).is_empty(), "waiting for the tick: {}", h.log_text());
+    h.elapse(Duration::from_millis(249)).unwrap();
+    assert!(written_events(&h).is_empty(), "not before log_flush_ms");
+    h.elapse(Duration::from_millis(1)).unwrap();
+    let events = written_events(&h);
+    let decisions: Vec<_> = events.iter().map(|e| (e["decision"].as_str(), e["reason"].as_str())).collect();
+    assert_eq!(decisions, vec![(Some("allow"), Some("allowed")), (Some("deny"), Some("insufficient_scope"))], "in order");
+    let audit_calls = h.logs().iter().filter(|l| l.message.contains(AUDIT_PREFIX)).count();
+    assert_eq!(audit_calls, 1, "both lines in one log call");
+}
+
+#[test]
+fn a_full_audit_buffer_is_written_without_waiting() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    let mut sent = 0;
+    // Refusals without a token: ~250 bytes of audit line each, past 16 KiB in 70.
+    while sent < 200 {
+        send_wasm(&mut h, &Req::new("POST", "/mcp").header("x-request-id", &format!("full-{sent}")).json(&tools_call(1, "get_forecast")));
+        sent += 1;
+    }
+    let early = written_events(&h).len();
+    assert!(early > 0 && early < sent, "the first 16 KiB went out before any tick ({early} of {sent})");
+    let all = audit_events(&mut h);
+    let ids: Vec<String> = all.iter().map(|e| e["request_id"].as_str().unwrap_or("").to_string()).collect();
+    let expected: Vec<String> = (0..sent).map(|i| format!("full-{i}")).collect();
+    assert_eq!(ids, expected, "every line once, in order, the rest at the tick");
+}
+
+#[test]
+fn log_flush_ms_0_writes_each_line_as_it_is_decided() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"audit": {"log_flush_ms": 0}}));
+    send_wasm(&mut h, &w.call("get_forecast", "weather:read"));
+    assert_eq!(written_events(&h).len(), 1, "no waiting");
+    send_wasm(&mut h, &w.call("delete_repo", "weather:read"));
+    assert_eq!(written_events(&h).len(), 2);
+    assert_eq!(h.tick_period(), None, "no tick needed with inline keys and nothing to flush");
+}
+
+#[test]
+fn a_new_configuration_first_writes_the_waiting_lines() {
+    let w = World::new();
+    let mut h = configured(&w, json!({}));
+    allowed_and_refused(&w, &mut h);
+    assert!(written_events(&h).is_empty());
+    h.configure(&w.config(json!({"audit": {"log": "none"}})).to_string()).unwrap();
+    assert_eq!(written_events(&h).len(), 2, "nothing lost to the change: {}", h.log_text());
 }

@@ -619,7 +619,9 @@ async fn the_audit_record_goes_to_the_access_log_and_only_refusals_to_envoys_log
     let record = record_of(&deny_line);
     assert_eq!((record["status"].as_u64(), record["reason"].as_str()), (Some(403), Some("insufficient_scope")));
 
-    // Envoy's own log: the refusal's audit line, none for the allowed call.
+    // Envoy's own log: the refusal's audit line, none for the allowed call. One worker writes
+    // its lines in order (gathered, audit.log_flush_ms), so once the later refusal's line is
+    // there, the allowed call's would be too.
     log_line(&stack, "audit line of the refusal", |l| l.contains("mcp-guard-audit ") && l.contains("record-e2e-refused")).await;
     let log = std::fs::read_to_string(&stack.envoy.log).unwrap();
     assert!(

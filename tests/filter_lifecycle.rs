@@ -96,6 +96,8 @@ fn decisions_are_counted_in_stats() {
     assert_eq!(h.metric("mcp_guard.denied"), Some(2));
     assert_eq!(h.metric("mcp_guard.denied.missing_token"), Some(1));
     assert_eq!(h.metric("mcp_guard.denied.insufficient_scope"), Some(1));
+    // The audit lines go out together at the tick (audit.log_flush_ms, 1 s by default).
+    h.elapse(std::time::Duration::from_secs(1)).unwrap();
     let text = h.log_text();
     assert!(text.contains(r#""decision":"deny""#) && text.contains(r#""reason":"insufficient_scope""#), "{text}");
 }

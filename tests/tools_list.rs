@@ -72,6 +72,7 @@ fn an_unreadable_answer_is_a_502_with_a_record() {
     assert_eq!(reply.status, 502);
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"]["data"]["reason"], "unreadable_tools_list");
+    h.elapse(std::time::Duration::from_secs(1)).unwrap(); // the audit lines' tick
     assert!(h.log_text().contains("\"reason\":\"unreadable_tools_list\""), "{}", h.log_text());
 }
 

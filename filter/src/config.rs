@@ -95,11 +95,22 @@ pub enum AuditFilterState {
 pub struct AuditSettings {
     pub log: AuditLog,
     pub filter_state: AuditFilterState,
+    /// Audit lines are gathered per worker and written together at most this late (or sooner,
+    /// when [`AUDIT_LOG_BUFFER_BYTES`] are waiting); 0 writes each line as it is decided. One
+    /// write into Envoy's log per line was the largest single cost of the cached path.
+    pub log_flush_ms: u64,
 }
+
+/// The default `audit.log_flush_ms`: Envoy's own file access log flushes every second too.
+pub const DEFAULT_AUDIT_LOG_FLUSH_MS: u64 = 1000;
+/// The longest `audit.log_flush_ms` we accept: audit lines are not kept back for longer.
+pub const MAX_AUDIT_LOG_FLUSH_MS: u64 = 10_000;
+/// Waiting audit lines are written once they reach this size, whatever the time.
+pub const AUDIT_LOG_BUFFER_BYTES: usize = 16 * 1024;
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields }
+        AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields, log_flush_ms: DEFAULT_AUDIT_LOG_FLUSH_MS }
     }
 }
 
@@ -382,8 +393,9 @@ impl Config {
                         return Err(err("audit.filter_state", format!("{other:?} is not fields, record or none")))
                     }
                 };
+                let log_flush_ms = f.integer("log_flush_ms", DEFAULT_AUDIT_LOG_FLUSH_MS, 0, MAX_AUDIT_LOG_FLUSH_MS)?;
                 f.finish()?;
-                AuditSettings { log, filter_state }
+                AuditSettings { log, filter_state, log_flush_ms }
             }
         };
 
@@ -470,7 +482,7 @@ mod tests {
         assert_eq!(config.dpop, DpopSettings::default());
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.policy.unlisted_tools, Unlisted::Deny);
-        assert_eq!(config.audit, AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields });
+        assert_eq!(config.audit, AuditSettings { log: AuditLog::All, filter_state: AuditFilterState::Fields, log_flush_ms: 1000 });
         assert_eq!(config.resource_metadata.scopes_supported, vec!["weather:read".to_string()]);
         assert_eq!(config.resource_metadata_url(), "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
     }
@@ -491,9 +503,14 @@ mod tests {
     fn audit_settings_are_read() {
         let mut v = base();
         v["audit"] = json!({"log": "denied", "filter_state": "record"});
-        assert_eq!(load(&v).unwrap().audit, AuditSettings { log: AuditLog::Denied, filter_state: AuditFilterState::Record });
-        v["audit"] = json!({"log": "none", "filter_state": "none"});
-        assert_eq!(load(&v).unwrap().audit, AuditSettings { log: AuditLog::None, filter_state: AuditFilterState::None });
+        assert_eq!(
+            load(&v).unwrap().audit,
+            AuditSettings { log: AuditLog::Denied, filter_state: AuditFilterState::Record, log_flush_ms: 1000 }
+        );
+        v["audit"] = json!({"log": "none", "filter_state": "none", "log_flush_ms": 0});
+        assert_eq!(load(&v).unwrap().audit, AuditSettings { log: AuditLog::None, filter_state: AuditFilterState::None, log_flush_ms: 0 });
+        v["audit"] = json!({"log_flush_ms": 10_000});
+        assert_eq!(load(&v).unwrap().audit.log_flush_ms, 10_000);
         v["audit"] = json!({});
         assert_eq!(load(&v).unwrap().audit, AuditSettings::default());
     }
@@ -542,6 +559,9 @@ mod tests {
             (json!({"audit": "all"}), "audit"),
             (json!({"audit": {"log": "some"}}), "audit.log"),
             (json!({"audit": {"filter_state": "json"}}), "audit.filter_state"),
+            (json!({"audit": {"log_flush_ms": 10_001}}), "audit.log_flush_ms"),
+            (json!({"audit": {"log_flush_ms": -1}}), "audit.log_flush_ms"),
+            (json!({"audit": {"log_flush_ms": "1s"}}), "audit.log_flush_ms"),
             (json!({"audit": {"logs": "all"}}), "audit.logs"),
         ];
         for (patch, field) in cases {

@@ -29,7 +29,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::answer::LocalReply;
 use crate::audit;
-use crate::config::{AuditFilterState, AuditLog, Config, KeySource};
+use crate::config::{AuditFilterState, AuditLog, Config, KeySource, AUDIT_LOG_BUFFER_BYTES};
 use crate::denial::Denial;
 use crate::guard::{Decision, Env, Guard, HeadVerdict, RequestHead};
 use crate::jwks::KeySet;
@@ -138,6 +138,18 @@ struct Worker {
     tokens: Option<TokenCache>,
     metrics: Metrics,
     replay_tag: u32,
+    /// Audit lines waiting to be written (`audit.log_flush_ms`), one per line, `\n` between.
+    audit_lines: String,
+}
+
+impl Worker {
+    /// Writes the waiting audit lines into Envoy's log, one host call for all of them.
+    fn flush_audit_lines(&mut self) {
+        if !self.audit_lines.is_empty() {
+            log(LogLevel::Info, &self.audit_lines);
+            self.audit_lines.clear(); // keeps its capacity for the next ones
+        }
+    }
 }
 
 type SharedWorker = Rc<RefCell<Worker>>;
@@ -335,9 +347,24 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
     }
     if log_line || settings.filter_state == AuditFilterState::Record {
         let events = audit::events_json(head, decision, now);
-        if log_line {
+        // Without a configuration there is no tick to write waiting lines: write at once.
+        if log_line && (settings.log_flush_ms == 0 || guard.is_none()) {
             for event in &events {
                 log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX));
+            }
+        } else if log_line {
+            // Gathered and written together: a write into Envoy's log per line cost more than
+            // the rest of the cached path's host calls. The tick and a full buffer flush them.
+            let mut w = shared.borrow_mut();
+            for event in &events {
+                if !w.audit_lines.is_empty() {
+                    w.audit_lines.push('\n');
+                }
+                w.audit_lines.push_str(audit::AUDIT_PREFIX);
+                w.audit_lines.push_str(event);
+            }
+            if w.audit_lines.len() >= AUDIT_LOG_BUFFER_BYTES {
+                w.flush_audit_lines();
             }
         }
         if settings.filter_state == AuditFilterState::Record {
@@ -403,6 +430,12 @@ impl Context for GuardRoot {
     fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         on_jwks_answer(&self.worker, self.context_id, num_headers, body_size);
     }
+
+    /// The plugin is going away (configuration change, shutdown): no audit line stays behind.
+    fn on_done(&mut self) -> bool {
+        self.worker.borrow_mut().flush_audit_lines();
+        true
+    }
 }
 
 impl RootContext for GuardRoot {
@@ -439,6 +472,19 @@ impl RootContext for GuardRoot {
             }
         }
         let remote = matches!(config.keys, KeySource::Remote(_));
+        // The tick refreshes keys (each second) and writes waiting audit lines (at most
+        // `audit.log_flush_ms` late); a reconfiguration first writes the old settings' lines.
+        w.flush_audit_lines();
+        let flush_ms = match config.audit.log {
+            AuditLog::None => 0,
+            AuditLog::All | AuditLog::Denied => config.audit.log_flush_ms,
+        };
+        let tick_ms = match (remote, flush_ms) {
+            (false, 0) => 0,
+            (true, 0) => 1000,
+            (false, ms) => ms,
+            (true, ms) => ms.min(1000),
+        };
         log(
             LogLevel::Info,
             &format!(
@@ -452,8 +498,8 @@ impl RootContext for GuardRoot {
         if remote {
             // Clusters may not be ready this early; the tick retries if this fails.
             dispatch_jwks_fetch(&mut w, now);
-            let _ = hostcalls::set_tick_period(Duration::from_secs(1));
         }
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick_ms));
         true
     }
 
@@ -461,6 +507,10 @@ impl RootContext for GuardRoot {
         let now = now_seconds();
         let gave_up = {
             let mut w = self.worker.borrow_mut();
+            w.flush_audit_lines();
+            if !matches!(w.guard.as_ref().map(|g| &g.config.keys), Some(KeySource::Remote(_))) {
+                return; // inline keys: the tick is for the audit lines only
+            }
             match w.fetch_deadline {
                 Some(deadline) if now > deadline => {
                     // The answer never came (e.g. its context went away): give up on it.
