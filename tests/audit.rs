@@ -316,6 +316,8 @@ fn log_flush_ms_0_writes_each_line_as_it_is_decided() {
     assert_eq!(written_events(&h).len(), 1, "no waiting");
     send_wasm(&mut h, &w.call("delete_repo", "weather:read"));
     assert_eq!(written_events(&h).len(), 2);
+    let audit_calls = h.logs().iter().filter(|l| l.message.contains(AUDIT_PREFIX)).count();
+    assert_eq!(audit_calls, 2, "a log call per line");
     assert_eq!(h.tick_period(), None, "no tick needed with inline keys and nothing to flush");
 }
 

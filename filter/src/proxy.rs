@@ -143,6 +143,14 @@ struct Worker {
 }
 
 impl Worker {
+    fn push_audit_line(&mut self, event: &str) {
+        if !self.audit_lines.is_empty() {
+            self.audit_lines.push('\n');
+        }
+        self.audit_lines.push_str(audit::AUDIT_PREFIX);
+        self.audit_lines.push_str(event);
+    }
+
     /// Writes the waiting audit lines into Envoy's log, one host call for all of them.
     fn flush_audit_lines(&mut self) {
         if !self.audit_lines.is_empty() {
@@ -347,21 +355,17 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
     }
     if log_line || settings.filter_state == AuditFilterState::Record {
         let events = audit::events_json(head, decision, now);
-        // Without a configuration there is no tick to write waiting lines: write at once.
-        if log_line && (settings.log_flush_ms == 0 || guard.is_none()) {
-            for event in &events {
-                log(LogLevel::Info, &format!("{}{event}", audit::AUDIT_PREFIX));
-            }
-        } else if log_line {
+        if log_line {
             // Gathered and written together: a write into Envoy's log per line cost more than
-            // the rest of the cached path's host calls. The tick and a full buffer flush them.
+            // the rest of the cached path's host calls. The tick and a full buffer flush them;
+            // with `log_flush_ms` 0, or without a configuration (no tick), each goes at once.
+            let write_now = settings.log_flush_ms == 0 || guard.is_none();
             let mut w = shared.borrow_mut();
             for event in &events {
-                if !w.audit_lines.is_empty() {
-                    w.audit_lines.push('\n');
+                w.push_audit_line(event);
+                if write_now {
+                    w.flush_audit_lines();
                 }
-                w.audit_lines.push_str(audit::AUDIT_PREFIX);
-                w.audit_lines.push_str(event);
             }
             if w.audit_lines.len() >= AUDIT_LOG_BUFFER_BYTES {
                 w.flush_audit_lines();
@@ -480,9 +484,8 @@ impl RootContext for GuardRoot {
             AuditLog::All | AuditLog::Denied => config.audit.log_flush_ms,
         };
         let tick_ms = match (remote, flush_ms) {
-            (false, 0) => 0,
-            (true, 0) => 1000,
             (false, ms) => ms,
+            (true, 0) => 1000,
             (true, ms) => ms.min(1000),
         };
         log(
