@@ -4,6 +4,7 @@
 //! Fuel does not depend on the machine or its load, so a change to the filter can be judged by
 //! it without noise; the Envoy runs then say what it is worth in requests per second.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -108,6 +109,42 @@ pub struct PathFuel {
     pub fuel_per_request: u64,
     /// Wall time per request in the harness (wasmtime with fuel metering; host noise included).
     pub micros_per_request: f64,
+    /// Calls across the VM boundary per request, by ABI function (the harness's count): out of
+    /// the VM (host functions) and into it (`proxy_on_*` callbacks and allocations). Each
+    /// costs Envoy time that fuel does not measure.
+    pub calls_per_request: BTreeMap<&'static str, f64>,
+}
+
+impl PathFuel {
+    /// Host functions called per request (out of the VM).
+    pub fn calls_out(&self) -> f64 {
+        self.calls_per_request.iter().filter(|(name, _)| !is_export(name)).map(|(_, n)| n).sum()
+    }
+
+    /// Plugin exports the host called per request (into the VM).
+    pub fn calls_in(&self) -> f64 {
+        self.calls_per_request.iter().filter(|(name, _)| is_export(name)).map(|(_, n)| n).sum()
+    }
+
+    /// `name ×n` for each ABI function called at least once per ten requests, most first.
+    pub fn call_breakdown(&self) -> String {
+        let mut calls: Vec<(&&str, &f64)> = self.calls_per_request.iter().filter(|(_, n)| **n >= 0.1).collect();
+        calls.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        calls.iter().map(|(name, n)| format!("{} ×{}", name.trim_start_matches("proxy_"), trim_count(**n))).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The plugin's exports the host calls are all `proxy_on_*` (the allocator included).
+fn is_export(name: &str) -> bool {
+    name.starts_with("proxy_on_")
+}
+
+fn trim_count(n: f64) -> String {
+    if (n - n.round()).abs() < 0.005 {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.2}")
+    }
 }
 
 struct PathSpec {
@@ -282,6 +319,7 @@ pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Erro
         }
         h.take_logs();
         let before = h.fuel_consumed().unwrap_or(0);
+        let calls_before = h.abi_calls().clone();
         let started = Instant::now();
         for req in measure {
             let outcome = send(&mut h, req)?;
@@ -290,11 +328,21 @@ pub fn fuel_per_path(wasm: &Path, measured: usize) -> Result<Vec<PathFuel>, Erro
         let elapsed = started.elapsed();
         let spent = h.fuel_consumed().unwrap_or(0).saturating_sub(before);
         let n = measure.len().max(1) as u64;
+        let calls_per_request = h
+            .abi_calls()
+            .iter()
+            .map(|(name, count)| {
+                let made = count.saturating_sub(calls_before.get(name).copied().unwrap_or(0));
+                (*name, made as f64 / n as f64)
+            })
+            .filter(|(_, per_request)| *per_request > 0.0)
+            .collect();
         out.push(PathFuel {
             key: spec.key,
             name: spec.name,
             fuel_per_request: spent / n,
             micros_per_request: elapsed.as_secs_f64() * 1e6 / n as f64,
+            calls_per_request,
         });
     }
     Ok(out)

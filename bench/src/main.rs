@@ -173,18 +173,27 @@ fn harness_section(wasm: &Path) -> Result<String, Error> {
     println!("   fuel ≈ wasm instructions executed; independent of the machine and its load (keys are new each run: ±0.3%).");
     let paths = fuel::fuel_per_path(wasm, n)?;
     println!(
-        "{:<58} {:>13} {:>14}",
-        "path", "fuel/request", "µs/request*"
+        "{:<58} {:>13} {:>9} {:>8} {:>12}",
+        "path", "fuel/request", "host†", "VM†", "µs/request*"
     );
     for p in &paths {
         println!(
-            "{:<58} {:>13} {:>14.1}",
+            "{:<58} {:>13} {:>9.1} {:>8.1} {:>12.1}",
             p.name,
             group(p.fuel_per_request),
+            p.calls_out(),
+            p.calls_in(),
             p.micros_per_request
         );
     }
+    println!("   † calls across the VM boundary per request: to host functions, and into the plugin (callbacks,");
+    println!("     allocations for what the host hands back); Envoy's cost per call is outside the fuel figure.");
     println!("   * wall time in wasmtime with fuel metering on, this machine, this load: indicative only.");
+    for key in ["cached", "dpop_eddsa"] {
+        if let Some(p) = paths.iter().find(|p| p.key == key) {
+            println!("   calls per request, {}: {}", p.name.trim(), p.call_breakdown());
+        }
+    }
     let f = |k: &str| {
         paths
             .iter()
@@ -223,9 +232,10 @@ fn harness_section(wasm: &Path) -> Result<String, Error> {
         "a refusal without a token (401 at header time)",
         f("refused_no_token"),
     );
+    let calls = |k: &str| paths.iter().find(|p| p.key == k).map_or(0.0, |p| p.calls_out() + p.calls_in());
     Ok(format!(
         "fuel: cached={} get_cached={} token_verify={} mtls={} dpop_es256={} dpop_eddsa={} refused={} forged={} \
-         big_token={} big_body={}",
+         big_token={} big_body={}\nabi_calls: cached={:.1} mtls={:.1} dpop_es256={:.1} dpop_eddsa={:.1}",
         f("cached"),
         f("get_cached"),
         f("token_verify"),
@@ -235,7 +245,11 @@ fn harness_section(wasm: &Path) -> Result<String, Error> {
         f("refused_no_token"),
         f("refused_forged"),
         f("cached_big_token"),
-        f("cached_big_body")
+        f("cached_big_body"),
+        calls("cached"),
+        calls("mtls"),
+        calls("dpop_es256"),
+        calls("dpop_eddsa")
     ))
 }
 

@@ -76,6 +76,7 @@ pub(crate) fn copy_out(c: &mut C, bytes: &[u8], ptr_ptr: u32, size_ptr: u32) -> 
     }
     let alloc = c.data().alloc.clone().ok_or(Status::InvalidMemoryAccess)?;
     let len = u32::try_from(bytes.len()).map_err(|_| Status::InvalidMemoryAccess)?;
+    c.data_mut().count_call("proxy_on_memory_allocate");
     let ptr = alloc.call(&mut *c, len)?;
     if ptr == 0 {
         return Err(Status::InvalidMemoryAccess.into());
@@ -614,6 +615,7 @@ fn get_metric(c: &mut C, id: u32, value_ptr: u32) -> R {
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     const ENV: &str = "env";
     linker.func_wrap(ENV, "proxy_log", |mut c: C, level: u32, ptr: u32, len: u32| {
+        c.data_mut().count_call("proxy_log");
         finish((|| {
             let level = LogLevel::from_u32(level).ok_or(Status::BadArgument)?;
             let message = String::from_utf8_lossy(&read(&c, ptr, len)?).into_owned();
@@ -622,110 +624,151 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         })())
     })?;
     linker.func_wrap(ENV, "proxy_get_log_level", |mut c: C, ptr: u32| {
+        c.data_mut().count_call("proxy_get_log_level");
         let level = c.data().log_level as u32;
         finish(write_u32(&mut c, ptr, level))
     })?;
     linker.func_wrap(ENV, "proxy_get_current_time_nanoseconds", |mut c: C, ptr: u32| {
+        c.data_mut().count_call("proxy_get_current_time_nanoseconds");
         let now = c.data().clock.realtime_ns;
         finish(write_u64(&mut c, ptr, now))
     })?;
     linker.func_wrap(ENV, "proxy_set_tick_period_milliseconds", |mut c: C, period: u32| {
+        c.data_mut().count_call("proxy_set_tick_period_milliseconds");
         let state = c.data_mut();
         state.tick_period_ms = period;
         state.next_tick_ns = state.clock.monotonic_ns.saturating_add(u64::from(period) * 1_000_000);
         finish(Ok(()))
     })?;
     linker.func_wrap(ENV, "proxy_get_buffer_bytes", |mut c: C, t: u32, start: u32, max: u32, pp: u32, sp: u32| {
+        c.data_mut().count_call("proxy_get_buffer_bytes");
         finish(get_buffer_bytes(&mut c, t, start, max, pp, sp))
     })?;
     linker.func_wrap(ENV, "proxy_get_buffer_status", |mut c: C, t: u32, sp: u32, fp: u32| {
+        c.data_mut().count_call("proxy_get_buffer_status");
         finish(get_buffer_status(&mut c, t, sp, fp))
     })?;
     linker.func_wrap(ENV, "proxy_set_buffer_bytes", |mut c: C, t: u32, start: u32, size: u32, p: u32, l: u32| {
+        c.data_mut().count_call("proxy_set_buffer_bytes");
         finish(set_buffer_bytes(&mut c, t, start, size, p, l))
     })?;
     linker.func_wrap(ENV, "proxy_get_header_map_pairs", |mut c: C, t: u32, pp: u32, sp: u32| {
+        c.data_mut().count_call("proxy_get_header_map_pairs");
         finish(get_header_map_pairs(&mut c, t, pp, sp))
     })?;
     linker.func_wrap(ENV, "proxy_set_header_map_pairs", |mut c: C, t: u32, p: u32, s: u32| {
+        c.data_mut().count_call("proxy_set_header_map_pairs");
         finish(set_header_map_pairs(&mut c, t, p, s))
     })?;
     linker.func_wrap(ENV, "proxy_get_header_map_value", |mut c: C, t: u32, kp: u32, kl: u32, pp: u32, sp: u32| {
+        c.data_mut().count_call("proxy_get_header_map_value");
         finish(get_header_map_value(&mut c, t, kp, kl, pp, sp))
     })?;
     linker.func_wrap(ENV, "proxy_add_header_map_value", |mut c: C, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+        c.data_mut().count_call("proxy_add_header_map_value");
         finish(add_header_map_value(&mut c, t, kp, kl, vp, vl))
     })?;
     linker.func_wrap(ENV, "proxy_replace_header_map_value", |mut c: C, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+        c.data_mut().count_call("proxy_replace_header_map_value");
         finish(replace_header_map_value(&mut c, t, kp, kl, vp, vl))
     })?;
     linker.func_wrap(ENV, "proxy_remove_header_map_value", |mut c: C, t: u32, kp: u32, kl: u32| {
+        c.data_mut().count_call("proxy_remove_header_map_value");
         finish(remove_header_map_value(&mut c, t, kp, kl))
     })?;
     linker.func_wrap(ENV, "proxy_get_header_map_size", |mut c: C, t: u32, sp: u32| {
+        c.data_mut().count_call("proxy_get_header_map_size");
         finish(get_header_map_size(&mut c, t, sp))
     })?;
     linker.func_wrap(ENV, "proxy_get_property", |mut c: C, p: u32, l: u32, pp: u32, sp: u32| {
+        c.data_mut().count_call("proxy_get_property");
         finish(get_property(&mut c, p, l, pp, sp))
     })?;
     linker.func_wrap(ENV, "proxy_set_property", |mut c: C, p: u32, l: u32, vp: u32, vl: u32| {
+        c.data_mut().count_call("proxy_set_property");
         finish(set_property(&mut c, p, l, vp, vl))
     })?;
     linker.func_wrap(
         ENV,
         "proxy_send_local_response",
         |mut c: C, status: u32, dp: u32, dl: u32, bp: u32, bl: u32, hp: u32, hl: u32, grpc: i32| {
+            c.data_mut().count_call("proxy_send_local_response");
             finish(send_local_response(&mut c, status, dp, dl, bp, bl, hp, hl, grpc))
         },
     )?;
-    linker.func_wrap(ENV, "proxy_continue_stream", |mut c: C, t: u32| finish(continue_stream(&mut c, t)))?;
-    linker.func_wrap(ENV, "proxy_close_stream", |mut c: C, t: u32| finish(close_stream(&mut c, t)))?;
+    linker.func_wrap(ENV, "proxy_continue_stream", |mut c: C, t: u32| {
+        c.data_mut().count_call("proxy_continue_stream");
+        finish(continue_stream(&mut c, t))
+    })?;
+    linker.func_wrap(ENV, "proxy_close_stream", |mut c: C, t: u32| {
+        c.data_mut().count_call("proxy_close_stream");
+        finish(close_stream(&mut c, t))
+    })?;
     linker.func_wrap(ENV, "proxy_set_effective_context", |mut c: C, id: u32| {
+        c.data_mut().count_call("proxy_set_effective_context");
         finish(set_effective_context(&mut c, id))
     })?;
-    linker.func_wrap(ENV, "proxy_done", |_c: C| finish(Err(Status::NotFound.into())))?;
+    linker.func_wrap(ENV, "proxy_done", |mut c: C| {
+        c.data_mut().count_call("proxy_done");
+        finish(Err(Status::NotFound.into()))
+    })?;
     linker.func_wrap(
         ENV,
         "proxy_http_call",
         |mut c: C, up: u32, ul: u32, hp: u32, hl: u32, bp: u32, bl: u32, tp: u32, tl: u32, timeout: u32, token: u32| {
+            c.data_mut().count_call("proxy_http_call");
             finish(http_call(&mut c, up, ul, hp, hl, bp, bl, tp, tl, timeout, token))
         },
     )?;
     linker.func_wrap(ENV, "proxy_get_status", |mut c: C, cp: u32, mp: u32, ms: u32| {
+        c.data_mut().count_call("proxy_get_status");
         finish(get_status(&mut c, cp, mp, ms))
     })?;
     linker.func_wrap(ENV, "proxy_get_shared_data", |mut c: C, kp: u32, kl: u32, pp: u32, sp: u32, cp: u32| {
+        c.data_mut().count_call("proxy_get_shared_data");
         finish(get_shared_data(&mut c, kp, kl, pp, sp, cp))
     })?;
     linker.func_wrap(ENV, "proxy_set_shared_data", |mut c: C, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| {
+        c.data_mut().count_call("proxy_set_shared_data");
         finish(set_shared_data(&mut c, kp, kl, vp, vl, cas))
     })?;
     linker.func_wrap(ENV, "proxy_register_shared_queue", |mut c: C, np: u32, nl: u32, ip: u32| {
+        c.data_mut().count_call("proxy_register_shared_queue");
         finish(register_shared_queue(&mut c, np, nl, ip))
     })?;
     linker.func_wrap(ENV, "proxy_resolve_shared_queue", |mut c: C, vp: u32, vl: u32, np: u32, nl: u32, ip: u32| {
+        c.data_mut().count_call("proxy_resolve_shared_queue");
         finish(resolve_shared_queue(&mut c, vp, vl, np, nl, ip))
     })?;
     linker.func_wrap(ENV, "proxy_enqueue_shared_queue", |mut c: C, id: u32, vp: u32, vl: u32| {
+        c.data_mut().count_call("proxy_enqueue_shared_queue");
         finish(enqueue_shared_queue(&mut c, id, vp, vl))
     })?;
     linker.func_wrap(ENV, "proxy_dequeue_shared_queue", |mut c: C, id: u32, pp: u32, sp: u32| {
+        c.data_mut().count_call("proxy_dequeue_shared_queue");
         finish(dequeue_shared_queue(&mut c, id, pp, sp))
     })?;
     linker.func_wrap(ENV, "proxy_define_metric", |mut c: C, t: u32, np: u32, nl: u32, ip: u32| {
+        c.data_mut().count_call("proxy_define_metric");
         finish(define_metric(&mut c, t, np, nl, ip))
     })?;
     linker.func_wrap(ENV, "proxy_increment_metric", |mut c: C, id: u32, offset: i64| {
+        c.data_mut().count_call("proxy_increment_metric");
         finish(increment_metric(&mut c, id, offset))
     })?;
     linker.func_wrap(ENV, "proxy_record_metric", |mut c: C, id: u32, value: u64| {
+        c.data_mut().count_call("proxy_record_metric");
         finish(record_metric(&mut c, id, value))
     })?;
-    linker.func_wrap(ENV, "proxy_get_metric", |mut c: C, id: u32, vp: u32| finish(get_metric(&mut c, id, vp)))?;
+    linker.func_wrap(ENV, "proxy_get_metric", |mut c: C, id: u32, vp: u32| {
+        c.data_mut().count_call("proxy_get_metric");
+        finish(get_metric(&mut c, id, vp))
+    })?;
     linker.func_wrap(
         ENV,
         "proxy_call_foreign_function",
         |mut c: C, np: u32, nl: u32, _ap: u32, _al: u32, _rp: u32, _rs: u32| {
+            c.data_mut().count_call("proxy_call_foreign_function");
             finish((|| {
                 let name = String::from_utf8_lossy(&read(&c, np, nl)?).into_owned();
                 c.data_mut().note(format!("proxy_call_foreign_function(`{name}`): NotFound, no foreign functions here"));
@@ -737,19 +780,30 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(
         ENV,
         "proxy_grpc_call",
-        |_c: C, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
+        |mut c: C, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
+            c.data_mut().count_call("proxy_grpc_call");
             finish(Err(Status::ParseFailure.into()))
         },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_grpc_stream",
-        |_c: C, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
+        |mut c: C, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
+            c.data_mut().count_call("proxy_grpc_stream");
             finish(Err(Status::ParseFailure.into()))
         },
     )?;
-    linker.func_wrap(ENV, "proxy_grpc_send", |_c: C, _: u32, _: u32, _: u32, _: u32| finish(Err(Status::NotFound.into())))?;
-    linker.func_wrap(ENV, "proxy_grpc_cancel", |_c: C, _: u32| finish(Err(Status::NotFound.into())))?;
-    linker.func_wrap(ENV, "proxy_grpc_close", |_c: C, _: u32| finish(Err(Status::NotFound.into())))?;
+    linker.func_wrap(ENV, "proxy_grpc_send", |mut c: C, _: u32, _: u32, _: u32, _: u32| {
+        c.data_mut().count_call("proxy_grpc_send");
+        finish(Err(Status::NotFound.into()))
+    })?;
+    linker.func_wrap(ENV, "proxy_grpc_cancel", |mut c: C, _: u32| {
+        c.data_mut().count_call("proxy_grpc_cancel");
+        finish(Err(Status::NotFound.into()))
+    })?;
+    linker.func_wrap(ENV, "proxy_grpc_close", |mut c: C, _: u32| {
+        c.data_mut().count_call("proxy_grpc_close");
+        finish(Err(Status::NotFound.into()))
+    })?;
     Ok(())
 }

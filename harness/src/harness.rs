@@ -349,7 +349,7 @@ impl Harness {
     /// optional); a trap fails the VM for good, as in Envoy.
     pub(crate) fn call<P: WasmParams, R: WasmResults>(
         &mut self,
-        name: &str,
+        name: &'static str,
         func: Option<TypedFunc<P, R>>,
         context_id: u32,
         args: P,
@@ -360,6 +360,7 @@ impl Harness {
         let Some(func) = func else { return Ok(None) };
         {
             let state = self.store.data_mut();
+            state.count_call(name);
             state.current = context_id;
             state.effective = context_id;
             state.call_first_log = state.logs.len();
@@ -669,6 +670,14 @@ impl Harness {
     pub fn fuel_consumed(&self) -> Option<u64> {
         let initial = self.initial_fuel?;
         self.store.get_fuel().ok().map(|left| initial.saturating_sub(left))
+    }
+
+    /// How often each ABI function has been called across the VM boundary so far: the host
+    /// functions the plugin imported, by name, and the plugin's exports the host called
+    /// (`proxy_on_*`, including `proxy_on_memory_allocate` for every buffer handed back). In
+    /// Envoy each such call costs time in the host that the fuel figure does not see.
+    pub fn abi_calls(&self) -> &std::collections::BTreeMap<&'static str, u64> {
+        &self.store.data().calls
     }
 
     /// The trap that failed this VM, if one did.

@@ -153,9 +153,17 @@ pub(crate) struct HostState {
     pub events: VecDeque<Event>,
     pub proc_exit: Option<i32>,
     pub allow_on_headers_stop_iteration: bool,
+    /// How often each ABI function was called across the VM boundary: host functions by
+    /// their import name, the plugin's exports (and its allocator, which the host calls to
+    /// return bytes) by theirs. What Envoy pays per call is outside the fuel figure.
+    pub calls: BTreeMap<&'static str, u64>,
 }
 
 impl HostState {
+    pub fn count_call(&mut self, name: &'static str) {
+        *self.calls.entry(name).or_insert(0) += 1;
+    }
+
     pub fn new(options: &crate::Options) -> Self {
         let mut properties = HashMap::new();
         properties.insert(b"plugin_name".to_vec(), options.plugin_name.as_bytes().to_vec());
@@ -196,6 +204,7 @@ impl HostState {
             events: VecDeque::new(),
             proc_exit: None,
             allow_on_headers_stop_iteration: options.allow_on_headers_stop_iteration,
+            calls: BTreeMap::new(),
         }
     }
 

@@ -466,3 +466,29 @@ fn continue_from_the_body_releases_paused_headers_and_cancels_nothing_twice() {
     assert!(h.pending_http_calls().is_empty());
     assert_eq!(h.http_calls().len(), 1);
 }
+
+#[test]
+fn calls_across_the_vm_boundary_are_counted_both_ways() {
+    let mut h = plugin();
+    let before = h.abi_calls().clone();
+    h.request().method("GET").path("/").authority("mcp.example.com").send().unwrap();
+    let after = h.abi_calls();
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    // Into the plugin: one stream's callbacks, once each (the test plugin exports them all).
+    for export in ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers", "proxy_on_log", "proxy_on_done", "proxy_on_delete"] {
+        assert_eq!(delta(export), 1, "{export}: {after:?}");
+    }
+    // Out of it: what the test plugin does (a counter; reads of x-test-action and x-binary,
+    // and of :status in on_log; x-plugin set on the request, x-plugin-response on the answer).
+    assert_eq!(delta("proxy_increment_metric"), 1, "{after:?}");
+    assert_eq!(delta("proxy_get_header_map_value"), 3, "{after:?}");
+    assert_eq!(delta("proxy_replace_header_map_value"), 2, "{after:?}");
+    assert!(delta("proxy_log") >= 1, "{after:?}");
+    assert_eq!(delta("proxy_http_call"), 0);
+    // A header that is there is handed back in memory the plugin allocates.
+    let before = h.abi_calls().clone();
+    h.request().method("GET").path("/").authority("mcp.example.com").header("x-test-action", "none").send().unwrap();
+    let after = h.abi_calls();
+    let allocations = |m: &std::collections::BTreeMap<&str, u64>| m.get("proxy_on_memory_allocate").copied().unwrap_or(0);
+    assert!(allocations(after) > allocations(&before), "{after:?}");
+}
