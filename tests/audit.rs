@@ -202,9 +202,19 @@ fn allowed_and_refused(w: &World, h: &mut Harness) -> (mcp_guard_harness::Outcom
 }
 
 #[test]
-fn by_default_every_decision_is_logged_and_its_facts_are_filter_state_fields() {
+fn by_default_every_decision_is_logged_and_nothing_is_set_for_the_access_log() {
     let w = World::new();
     let mut h = configured(&w, json!({}));
+    let (allowed, refused) = allowed_and_refused(&w, &mut h);
+    assert_eq!(audit_events(&mut h).len(), 2, "one line per decision");
+    assert!(allowed.as_forwarded().unwrap().filter_state.is_empty(), "{allowed:?}");
+    assert!(refused.as_local_reply().unwrap().filter_state.is_empty(), "{refused:?}");
+}
+
+#[test]
+fn fields_sets_each_fact_as_filter_state() {
+    let w = World::new();
+    let mut h = configured(&w, json!({"audit": {"filter_state": "fields"}}));
     let (allowed, refused) = allowed_and_refused(&w, &mut h);
     assert_eq!(audit_events(&mut h).len(), 2, "one line per decision");
     let f = allowed.as_forwarded().unwrap();

@@ -149,6 +149,8 @@ fn plugin_config(issuer_url: &str, public_url: &str, binding: &str) -> Value {
         "dpop": {"algorithms": ["ES256", "EdDSA"], "max_age_seconds": 60, "clock_skew_seconds": 5},
         "resource_metadata": {"authorization_servers": [issuer_url]},
         "max_body_bytes": MAX_BODY_BYTES,
+        // The access log's format prints the facts one by one.
+        "audit": {"filter_state": "fields"},
         "policy": {
             "tools": {
                 "get_forecast": ["weather:read"],

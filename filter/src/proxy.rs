@@ -265,8 +265,9 @@ fn drain_waiting(shared: &SharedWorker, caller: u32) {
         if hostcalls::set_effective_context(waiter.context_id).is_err() {
             continue; // the request is gone
         }
-        let decision = decide(shared, &waiter.head, waiter.body.as_deref(), false);
-        record(shared, &waiter.head, &decision);
+        let now = now_seconds();
+        let decision = decide(shared, &waiter.head, waiter.body.as_deref(), false, now);
+        record(shared, &waiter.head, &decision, now);
         match decision {
             Decision::Allow(_) => {
                 if let Some(guard) = shared.borrow().guard.clone() {
@@ -283,7 +284,9 @@ fn drain_waiting(shared: &SharedWorker, caller: u32) {
 }
 
 
-fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fetch_keys: bool) -> Decision {
+/// `now` is read once per decision by the caller, which records the decision at that time too
+/// (a host call each).
+fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fetch_keys: bool, now: u64) -> Decision {
     let mut w = shared.borrow_mut();
     let Some(guard) = w.guard.clone() else {
         // Envoy sends no traffic to a plugin whose configuration failed; refuse if it does.
@@ -296,7 +299,6 @@ fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fe
     let keys = w.keys.clone();
     let may_fetch_keys = may_fetch_keys && w.key_state != KeyState::Failed;
     let tag = w.replay_tag;
-    let now = now_seconds();
     let Worker { tokens, .. } = &mut *w;
     let tokens = tokens.get_or_insert_with(|| TokenCache::new(guard.config.token_cache_entries));
     let mut store = HostSharedData;
@@ -322,8 +324,7 @@ fn tool_stat(guard: &Guard, tool: &str) -> String {
 }
 
 /// Stats, audit lines and access-log facts for a decision, in the current stream context.
-fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision) {
-    let now = now_seconds();
+fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision, now: u64) {
     let mut w = shared.borrow_mut();
     let guard = w.guard.clone();
     let (verdict, messages) = match decision {
@@ -575,7 +576,7 @@ impl GuardStream {
         if let Some(denial) = denial {
             let decision = Decision::Deny { denial: denial.clone(), reply: Box::new(reply.clone()), facts: Box::default() };
             let none = RequestHead::default();
-            record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision);
+            record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision, now_seconds());
         }
         send_reply(reply);
         Action::Pause
@@ -591,7 +592,7 @@ impl GuardStream {
         };
         let decision = Decision::Deny { denial, reply: Box::new(reply.clone()), facts: Box::default() };
         let none = RequestHead::default();
-        record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision);
+        record(&self.worker, self.head.as_ref().unwrap_or(&none), &decision, now_seconds());
         send_reply(&reply);
         Action::Pause
     }
@@ -624,17 +625,18 @@ impl GuardStream {
             return Action::Pause;
         };
         self.decided = true;
-        let decision = decide(&self.worker, head, body.as_deref(), true);
+        let now = now_seconds();
+        let decision = decide(&self.worker, head, body.as_deref(), true, now);
         match decision {
             Decision::Allow(_) => {
-                record(&self.worker, head, &decision);
+                record(&self.worker, head, &decision, now);
                 if let Some(guard) = self.guard() {
                     apply_upstream_headers(&self.worker, self.context_id, &guard, head, &decision);
                 }
                 Action::Continue
             }
             Decision::Deny { ref reply, .. } => {
-                record(&self.worker, head, &decision);
+                record(&self.worker, head, &decision, now);
                 send_reply(reply);
                 Action::Pause
             }
@@ -673,8 +675,8 @@ impl GuardStream {
         }
         // No fetch possible now: decide without fetching (unknown kid → 401, no keys → 503).
         self.worker.borrow_mut().waiting.retain(|w| w.context_id != self.context_id);
-        let decision = decide(&self.worker, &head, body.as_deref(), false);
-        record(&self.worker, &head, &decision);
+        let decision = decide(&self.worker, &head, body.as_deref(), false, now);
+        record(&self.worker, &head, &decision, now);
         match decision {
             Decision::Allow(_) => {
                 if let Some(guard) = self.guard() {

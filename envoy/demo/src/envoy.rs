@@ -82,7 +82,7 @@ pub struct Tls {
 }
 
 /// The access-log line of `envoy/access-log.yaml`: the filter's facts from filter state (the
-/// fields by default; `audit=` is the whole record with `audit.filter_state: record`).
+/// fields with `audit.filter_state: fields`; `audit=` is the whole record with `record`).
 pub const ACCESS_LOG_FORMAT: &str = "[access] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% decision=%FILTER_STATE(wasm.mcp_guard_decision:PLAIN)% reason=%FILTER_STATE(wasm.mcp_guard_reason:PLAIN)% sub=%FILTER_STATE(wasm.mcp_guard_sub:PLAIN)% agent=%FILTER_STATE(wasm.mcp_guard_agent:PLAIN)% delegation=%FILTER_STATE(wasm.mcp_guard_delegation:PLAIN)% tool=%FILTER_STATE(wasm.mcp_guard_tool:PLAIN)% binding=%FILTER_STATE(wasm.mcp_guard_binding:PLAIN)% jkt=%FILTER_STATE(wasm.mcp_guard_jkt:PLAIN)% x5t=%FILTER_STATE(wasm.mcp_guard_x5t_S256:PLAIN)% request_id=%REQ(X-REQUEST-ID)% audit=%FILTER_STATE(wasm.mcp_guard_audit:PLAIN)%\n";
 
 /// What to run.
