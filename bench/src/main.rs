@@ -8,7 +8,8 @@
 //! `BENCH_FUEL_REQUESTS` (500), `BENCH_MEMORY_REQUESTS` (1000000), `BENCH_MEMORY_TOKENS`
 //! (requests / 10), `BENCH_MEMORY_TOKEN_CACHE` (10000), `BENCH_MEMORY_REPLAY_ENTRIES` (100000),
 //! `BENCH_ONLY` (a subset of configurations, e.g. `1,2,4`), `BENCH_COMPARE_WASM` (other builds,
-//! `a.wasm:b.wasm`, on the cached-token path as configurations 4b, 4c, …), `MCP_GUARD_WASM`, `ENVOY_BIN`.
+//! `a.wasm:b.wasm`, on the cached-token path as configurations 4b, 4c, …, or with
+//! `BENCH_COMPARE_PATH=eddsa` on the DPoP EdDSA path as 7b, 7c, …), `MCP_GUARD_WASM`, `ENVOY_BIN`.
 
 mod envoy;
 mod fuel;
@@ -573,8 +574,14 @@ fn smoke(
     Ok(())
 }
 
-/// The configurations BENCH_COMPARE_WASM adds, one per .wasm.
+/// The configurations BENCH_COMPARE_WASM adds, one per .wasm: on the cached-token path (4's
+/// twins), or with BENCH_COMPARE_PATH=eddsa on the DPoP EdDSA path (7's).
 const COMPARE_IDS: [&str; 6] = ["4b", "4c", "4d", "4e", "4f", "4g"];
+const COMPARE_EDDSA_IDS: [&str; 6] = ["7b", "7c", "7d", "7e", "7f", "7g"];
+
+fn is_compared(id: &str) -> bool {
+    COMPARE_IDS.contains(&id) || COMPARE_EDDSA_IDS.contains(&id)
+}
 
 fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Result<String, Error> {
     let rounds = env_u64("BENCH_ROUNDS", 5).max(1);
@@ -793,24 +800,39 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
                 .collect()
         })
         .unwrap_or_default();
-    for (i, other) in compared.iter().enumerate().take(COMPARE_IDS.len()) {
-        let id = COMPARE_IDS.get(i).copied().unwrap_or("4z");
+    let eddsa = match std::env::var("BENCH_COMPARE_PATH").as_deref() {
+        Err(_) | Ok("" | "cached") => false,
+        Ok("eddsa") => true,
+        Ok(other) => return Err(Error(format!("BENCH_COMPARE_PATH={other}: cached or eddsa"))),
+    };
+    let ids = if eddsa { COMPARE_EDDSA_IDS } else { COMPARE_IDS };
+    for (other, id) in compared.iter().zip(ids) {
         let name = other
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let (label, binding, gen, proofs) = if eddsa {
+            (
+                format!("mcp-guard DPoP EdDSA, fresh proof per request, {name}"),
+                "dpop",
+                script(id, &[("Authorization", format!("DPoP {}", m.dpop_ed_token))], Some(proof_list(&format!("eddsa-{id}"))))?,
+                pool("EdDSA"),
+            )
+        } else {
+            (format!("mcp-guard bearer, cached token, {name}"), "bearer", script(id, &[bearer(&m.bearer_token)], None)?, None)
+        };
         plans.push((
             id,
-            Box::leak(format!("mcp-guard bearer, cached token, {name}").into_boxed_str()),
+            Box::leak(label.into_boxed_str()),
             Front::Guard {
                 wasm: other.clone(),
-                config: fuel::guard_config(&jwks, "bearer", fuel::REPLAY_CACHE_ENTRIES),
+                config: fuel::guard_config(&jwks, binding, fuel::REPLAY_CACHE_ENTRIES),
                 access_log: None,
             },
             false,
-            script(id, &[bearer(&m.bearer_token)], None)?,
+            gen,
             Check::Guard,
-            None,
+            proofs,
         ));
     }
     // A subset (e.g. BENCH_ONLY=1,2,4): ratios whose configurations did not run print NaN.
@@ -818,7 +840,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
         plans.retain(|plan| wanted.contains(&plan.0));
         if plans.is_empty() {
-            return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b… with BENCH_COMPARE_WASM)")));
+            return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b… or 7b… with BENCH_COMPARE_WASM)")));
         }
     }
 
@@ -870,7 +892,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         };
         smoke(cfg, &ctx, &good, 200, "with credentials")?;
         // A compared build may be an experiment that refuses nothing (a floor measurement).
-        if !matches!(cfg.id, "1" | "5n") && !COMPARE_IDS.contains(&cfg.id) {
+        if !matches!(cfg.id, "1" | "5n") && !is_compared(cfg.id) {
             smoke(cfg, &ctx, &[], 401, "without credentials")?;
         }
         if cfg.id == "5" {
@@ -1077,6 +1099,14 @@ fn print_table(
             "   {id}/2 {} and {id}/4 {} the cached-token path with BENCH_COMPARE_WASM",
             spread(c.id, "2"),
             spread(c.id, "4"),
+            id = c.id
+        );
+    }
+    for c in configs.iter().filter(|c| COMPARE_EDDSA_IDS.contains(&c.id)) {
+        println!(
+            "   {id}/3 {} and {id}/7 {} the DPoP EdDSA path with BENCH_COMPARE_WASM",
+            spread(c.id, "3"),
+            spread(c.id, "7"),
             id = c.id
         );
     }
