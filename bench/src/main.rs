@@ -599,12 +599,6 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         load::tool_version("oha", "--version"),
         c = load::CONNECTIONS
     );
-    println!(
-        "plan:  {rounds} rounds × 9 configurations × {seconds} s, interleaved (1 2 3 4 4a 5n 5 6 7, 1 2 …) after a {warmup} s warm-up each; \
-         every Envoy: --concurrency 1, log level info (the filter's audit line per request is written), \
-         buffer filter + direct_response 200 upstream"
-    );
-
     let t = Instant::now();
     let material = Material::new(dir)?;
     let body = material::tools_call_body();
@@ -843,6 +837,15 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b… or 7b… with BENCH_COMPARE_WASM)")));
         }
     }
+    let ids: Vec<&str> = plans.iter().map(|plan| plan.0).collect();
+    println!(
+        "plan:  {rounds} rounds × {} configurations × {seconds} s, interleaved ({}, {} …) after a {warmup} s warm-up each; \
+         every Envoy: --concurrency 1, log level info (the filter's audit line per request is written), \
+         buffer filter + direct_response 200 upstream",
+        ids.len(),
+        ids.join(" "),
+        ids.iter().take(2).copied().collect::<Vec<_>>().join(" ")
+    );
 
     let t = Instant::now();
     let mut configs = Vec::new();
