@@ -1097,21 +1097,19 @@ fn print_table(
         spread("7", "3"),
         spread("5", "5n")
     );
-    for c in configs.iter().filter(|c| COMPARE_IDS.contains(&c.id)) {
-        println!(
-            "   {id}/2 {} and {id}/4 {} the cached-token path with BENCH_COMPARE_WASM",
-            spread(c.id, "2"),
-            spread(c.id, "4"),
-            id = c.id
-        );
-    }
-    for c in configs.iter().filter(|c| COMPARE_EDDSA_IDS.contains(&c.id)) {
-        println!(
-            "   {id}/3 {} and {id}/7 {} the DPoP EdDSA path with BENCH_COMPARE_WASM",
-            spread(c.id, "3"),
-            spread(c.id, "7"),
-            id = c.id
-        );
+    // Compared builds against jwt_authn and against the same path with the run's own build.
+    for (ids, jwt_authn, own, path) in [
+        (COMPARE_IDS, "2", "4", "the cached-token path"),
+        (COMPARE_EDDSA_IDS, "3", "7", "the DPoP EdDSA path"),
+    ] {
+        for c in configs.iter().filter(|c| ids.contains(&c.id)) {
+            println!(
+                "   {id}/{jwt_authn} {} and {id}/{own} {} {path} with BENCH_COMPARE_WASM",
+                spread(c.id, jwt_authn),
+                spread(c.id, own),
+                id = c.id
+            );
+        }
     }
     format!(
         "ratios: cached={:.2} cached_access_log={:.2} dpop_es256={:.2} dpop_eddsa={:.2} mtls={:.2} none_2={:.2} none_3={:.2} none_4={:.2} none_6={:.2} none_7={:.2} wasm_kib={:.0}",
