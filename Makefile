@@ -53,7 +53,7 @@ test-native: wasm wasm-trap envoy oidc differential-deps
 
 test-wasm32: setup
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-		cargo test -p mcp-guard --lib -p mcp-guard-p256 --target wasm32-unknown-unknown
+		cargo test -p mcp-guard --lib -p mcp-guard-p256 -p mcp-guard-ed25519 --target wasm32-unknown-unknown
 
 clean:
 	cargo clean

@@ -11,12 +11,12 @@
 //! [`KeyMaterial::precomputed`]: tables of multiples of its point turn the variable-base half of
 //! each verification into a fixed-base one (see [`crate::dpop`] for the cache that keeps them).
 //! That path has arithmetic of its own, shaped for wasm32: P-256 in the `mcp_guard_p256` crate
-//! (filter/p256), Ed25519 in [`edwards`] on fiat-crypto's field.
+//! (filter/p256), Ed25519 in the `mcp_guard_ed25519` crate (filter/ed25519) on fiat-crypto's
+//! field; both crates are built at opt-level 3.
 #![forbid(unsafe_code)]
 
 mod ec;
 mod ed25519;
-mod edwards;
 mod rsa;
 
 use std::sync::Arc;

@@ -1,17 +1,21 @@
-//! Edwards25519 arithmetic for the precomputed verification path of [`super::ed25519`]: field
-//! elements mod 2^255 - 19 on fiat-crypto's formally verified 32-bit code (ten limbs, 64-bit
-//! products: what suits wasm32), and the few point formulas that path needs.
+//! Edwards25519 arithmetic for mcp-guard's precomputed Ed25519 verification
+//! (`filter/src/jose/ed25519.rs`): field elements mod 2^255 - 19 on fiat-crypto's formally
+//! verified 32-bit code (ten limbs, 64-bit products: what suits wasm32), the few point
+//! formulas that path needs, tables of multiples, and one inversion by divsteps ([`modinv`]).
 //!
 //! `curve25519-dalek` keeps its field and its affine "Niels" points private, so a table of
 //! multiples kept with it holds full extended points and pays a projective addition (9
 //! multiplications plus a conversion) per entry used. Tables of affine Niels points
 //! `(y + x, y - x, 2d·x·y)` make each addition a mixed one of 7 multiplications, and wider
 //! windows need fewer of them. Decoding and validating keys, scalars and the plain path stay on
-//! `curve25519-dalek`; everything here is checked against it in the tests.
+//! `curve25519-dalek` in the filter; everything here is checked against it in the tests.
 //!
 //! All inputs are public (key, message, signature): the operations are variable-time.
 //! Formulas: Hisil, Wong, Carter, Dawson, "Twisted Edwards Curves Revisited" (2008), for
 //! a = -1 (the EFD's add-2008-hwcd-3, madd-2008-hwcd-3 and dbl-2008-hwcd).
+#![forbid(unsafe_code)]
+
+mod modinv;
 
 use std::sync::OnceLock;
 
@@ -20,7 +24,7 @@ use fiat_crypto::curve25519_32 as fiat;
 /// A field element whose limbs are carried (fiat's "tight" bounds): what multiplication returns
 /// and addition and subtraction take.
 #[derive(Clone, Copy)]
-pub(super) struct Fe(fiat::fiat_25519_tight_field_element);
+struct Fe(fiat::fiat_25519_tight_field_element);
 
 /// The sum or difference of two [`Fe`]: limbs not carried (fiat's "loose" bounds), fit only to
 /// be multiplied or carried.
@@ -50,7 +54,8 @@ impl Fe {
         Fe::from_bytes(&bytes)
     }
 
-    /// The canonical encoding (below p), little-endian.
+    /// The canonical encoding (below p), little-endian. Not inlined (a kilobyte of .wasm each).
+    #[inline(never)]
     fn to_bytes(self) -> [u8; 32] {
         let mut out = [0u8; 32];
         fiat::fiat_25519_to_bytes(&mut out, &self.0);
@@ -98,13 +103,16 @@ impl Fe {
         self.relax().square()
     }
 
-    /// `self^(2^n)`.
+    /// `self^(2^n)`. Never inlined, as the exponentiations that use it are off the hot path:
+    /// at opt-level 3, unrolled into each of their steps, they would cost kilobytes of .wasm.
+    #[inline(never)]
     fn square_times(self, n: u32) -> Fe {
         (0..n).fold(self, |acc, _| acc.square())
     }
 
     /// `(self^(2^250 - 1), self^11)`: the shared start of the inversion and the square root
     /// exponent chains (the usual addition chain for 2^255 - 19).
+    #[inline(never)]
     fn pow_2_250_minus_1(self) -> (Fe, Fe) {
         let x2 = self.square();
         let x9 = x2.square_times(2).mul(self);
@@ -132,18 +140,32 @@ impl Fe {
         x_250_0.square_times(2).mul(self)
     }
 
+    /// The inverse, or zero for zero, in variable time (public values only): by divsteps
+    /// ([`modinv`]), a fifth of the exponentiation's cost in V8 (tested in `modinv`), with
+    /// the exponentiation as the fallback it never needs.
+    fn invert_vartime(self) -> Fe {
+        match modinv::invert(&self.to_bytes()) {
+            Some(bytes) => Fe::from_bytes(&bytes),
+            None => self.invert(),
+        }
+    }
+
     fn equals(self, other: Fe) -> bool {
         self.to_bytes() == other.to_bytes()
     }
 }
 
+// Multiplication and squaring are never inlined: a call costs little next to their hundred
+// 64-bit products, and an inlined copy in every formula would add kilobytes to the .wasm.
 impl Loose {
+    #[inline(never)]
     fn mul(self, other: Loose) -> Fe {
         let mut out = Fe::ZERO;
         fiat::fiat_25519_carry_mul(&mut out.0, &self.0, &other.0);
         out
     }
 
+    #[inline(never)]
     fn square(self) -> Fe {
         let mut out = Fe::ZERO;
         fiat::fiat_25519_carry_square(&mut out.0, &self.0);
@@ -185,7 +207,7 @@ fn basepoint() -> Option<Point> {
 
 /// A point in extended coordinates: x = X/Z, y = Y/Z, x·y = T/Z.
 #[derive(Clone, Copy)]
-pub(super) struct Point {
+pub struct Point {
     x: Fe,
     y: Fe,
     z: Fe,
@@ -201,11 +223,11 @@ struct Niels {
 }
 
 impl Point {
-    pub(super) const IDENTITY: Point = Point { x: Fe::ZERO, y: Fe::ONE, z: Fe::ONE, t: Fe::ZERO };
+    pub const IDENTITY: Point = Point { x: Fe::ZERO, y: Fe::ONE, z: Fe::ONE, t: Fe::ZERO };
 
     /// Decodes RFC 8032 §5.1.3: `None` if `y` does not give a point. Callers validate the
     /// encoding first (canonical `y`, not small order) with `curve25519-dalek`.
-    pub(super) fn decode(encoded: &[u8; 32]) -> Option<Point> {
+    pub fn decode(encoded: &[u8; 32]) -> Option<Point> {
         let c = constants();
         let y = Fe::from_bytes(encoded);
         let x_odd = encoded.last().is_some_and(|b| b & 0x80 != 0);
@@ -232,13 +254,14 @@ impl Point {
         Some(Point { x, y, z: Fe::ONE, t: x.mul(y) })
     }
 
-    pub(super) fn neg(&self) -> Point {
+    pub fn neg(&self) -> Point {
         Point { x: self.x.neg(), y: self.y, z: self.z, t: self.t.neg() }
     }
 
-    /// RFC 8032 §5.1.2: y with the sign of x in the top bit. One inversion.
-    pub(super) fn encode(&self) -> [u8; 32] {
-        let z_inv = self.z.invert();
+    /// RFC 8032 §5.1.2: y with the sign of x in the top bit. One inversion, variable-time:
+    /// points here are public.
+    pub fn encode(&self) -> [u8; 32] {
+        let z_inv = self.z.invert_vartime();
         let mut bytes = self.y.mul(z_inv).to_bytes();
         if self.x.mul(z_inv).is_odd() {
             if let Some(top) = bytes.last_mut() {
@@ -249,7 +272,7 @@ impl Point {
     }
 
     /// add-2008-hwcd-3: 9 multiplications.
-    pub(super) fn add(&self, other: &Point) -> Point {
+    pub fn add(&self, other: &Point) -> Point {
         let c = constants();
         let a = self.y.sub(self.x).mul(other.y.sub(other.x));
         let b = self.y.add(self.x).mul(other.y.add(other.x));
@@ -279,7 +302,7 @@ impl Point {
     }
 
     /// dbl-2008-hwcd for a = -1: 4 squarings and 4 multiplications.
-    pub(super) fn double(&self) -> Point {
+    pub fn double(&self) -> Point {
         let a = self.x.square();
         let b = self.y.square();
         let zz = self.z.square();
@@ -292,10 +315,45 @@ impl Point {
         Point { x: e.relax().mul(f), y: g.mul(h), z: f.mul(g), t: e.relax().mul(h) }
     }
 
-    /// Whether `[8]self` is the identity (the point has small order).
-    pub(super) fn is_small_order(&self) -> bool {
-        let eight = self.double().double().double();
-        eight.x.is_zero() && eight.y.equals(eight.z)
+    /// `acc + k·self` without a kept table, variable time, from the signed digits of `k` of
+    /// width `bits` (as for [`NielsTable::add_digits`]): the multiples up to `2^(bits-1)` are
+    /// made on the spot, then, most significant digit first, `bits` doublings and at most one
+    /// addition per digit. For a 253-bit `k` and 4-bit digits: about 250 doublings and at most
+    /// 64 additions. `None` for a width outside [`NielsTable::WIDTHS`].
+    pub fn add_multiple_once(&self, digits: &[i16], bits: usize, acc: &mut Point) -> Option<()> {
+        if !NielsTable::WIDTHS.contains(&bits) {
+            return None;
+        }
+        let half = 1usize << (bits - 1);
+        let mut multiples = Vec::with_capacity(half);
+        let mut multiple = *self;
+        multiples.push(multiple);
+        for _ in 1..half {
+            multiple = multiple.add(self);
+            multiples.push(multiple);
+        }
+        // Doublings of the identity are skipped until the first digit that is not zero.
+        let mut sum: Option<Point> = None;
+        for digit in digits.iter().rev() {
+            if let Some(s) = sum.as_mut() {
+                for _ in 0..bits {
+                    *s = s.double();
+                }
+            }
+            let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
+                continue;
+            };
+            let term = multiples.get(index)?;
+            let term = if *digit < 0 { term.neg() } else { *term };
+            sum = Some(match sum {
+                Some(s) => s.add(&term),
+                None => term,
+            });
+        }
+        if let Some(s) = sum {
+            *acc = acc.add(&s);
+        }
+        Some(())
     }
 
     /// The same point in affine coordinates, given `1/Z`.
@@ -306,14 +364,21 @@ impl Point {
 }
 
 /// `rows[i][j]` is `(j + 1)·2^(w·i)·P` for `j` below `2^(w-1)`, as affine Niels points.
-pub(super) struct NielsTable {
+pub struct NielsTable {
     bits: usize,
     rows: Box<[Box<[Niels]>]>,
 }
 
 impl NielsTable {
-    /// `bits` is 2..=7 (the range of [`super::ec::signed_digits`]).
-    pub(super) fn new(point: &Point, bits: usize) -> NielsTable {
+    /// Window widths a table can have.
+    pub const WIDTHS: std::ops::RangeInclusive<usize> = 2..=8;
+
+    /// The table of `point` with `bits`-bit windows (`256 / bits + 1` rows of `2^(bits-1)`
+    /// points); `None` for a width outside [`NielsTable::WIDTHS`].
+    pub fn new(point: &Point, bits: usize) -> Option<NielsTable> {
+        if !Self::WIDTHS.contains(&bits) {
+            return None;
+        }
         let c = constants();
         let half = 1usize << (bits - 1);
         let mut base = *point;
@@ -342,29 +407,35 @@ impl NielsTable {
             *slot = p.niels(inverse.mul(*before), c);
             inverse = inverse.mul(p.z);
         }
-        NielsTable { bits, rows: niels.chunks(half).map(Box::from).collect() }
+        Some(NielsTable { bits, rows: niels.chunks(half).map(Box::from).collect() })
     }
 
-    /// `acc + k·P` for the little-endian scalar `k` (below 2^255), variable time.
-    pub(super) fn add_multiple(&self, k_le: &[u8; 32], acc: &mut Point) {
-        let mut be = *k_le;
-        be.reverse();
-        for (row, digit) in self.rows.iter().zip(super::ec::signed_digits(&be, self.bits)) {
+    /// The window width, which the digits given to [`NielsTable::add_digits`] must have.
+    pub fn bits(&self) -> usize {
+        self.bits
+    }
+
+    /// `acc + k·P`, variable time, from the signed digits of `k` for this table's width (least
+    /// significant first, each in `-2^(bits-1)..=2^(bits-1)`, `sum(d[i]·2^(bits·i)) = k`):
+    /// one mixed addition per digit that is not zero.
+    pub fn add_digits(&self, digits: &[i16], acc: &mut Point) {
+        for (row, digit) in self.rows.iter().zip(digits) {
             let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
                 continue;
             };
             if let Some(point) = row.get(index) {
-                *acc = acc.add_niels(point, digit < 0);
+                *acc = acc.add_niels(point, *digit < 0);
             }
         }
     }
 }
 
-/// The basepoint's table: 7-bit windows, 37 rows of 64 points (284 KB once per VM), so `[S]B`
-/// is at most 37 mixed additions. `None` only if the basepoint did not decode (it does: tested).
-pub(super) fn basepoint_table() -> Option<&'static NielsTable> {
+/// The basepoint's table: 8-bit windows, 33 rows of 128 points (507 KB once per VM), so `[S]B`
+/// is at most 33 mixed additions (`S` is below 2^253: 32 in practice; 37 with 7-bit rows and
+/// 284 KB). `None` only if the basepoint did not decode (it does: tested).
+pub fn basepoint_table() -> Option<&'static NielsTable> {
     static TABLE: OnceLock<Option<NielsTable>> = OnceLock::new();
-    TABLE.get_or_init(|| basepoint().map(|b| NielsTable::new(&b, 7))).as_ref()
+    TABLE.get_or_init(|| basepoint().and_then(|b| NielsTable::new(&b, 8))).as_ref()
 }
 
 #[cfg(test)]
@@ -373,7 +444,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
     use curve25519_dalek::edwards::EdwardsPoint;
     use curve25519_dalek::scalar::Scalar;
 
@@ -428,43 +499,5 @@ mod tests {
             }
         }
         assert!(points > 10 && refused > 10, "{points} points, {refused} refused");
-    }
-
-    #[test]
-    fn tables_of_every_width_match_dalek_multiplication() {
-        let p = ED25519_BASEPOINT_POINT * Scalar::from(0x1234_5678_u64);
-        for bits in 2..=7 {
-            let table = NielsTable::new(&ours(&p), bits);
-            let mut k = Scalar::from(3u64);
-            let half = Scalar::from(1u64 << (bits - 1));
-            for k in (0..6).map(|_| {
-                k = k * k + Scalar::from(0xdead_beef_u64);
-                k
-            }).chain([Scalar::ZERO, Scalar::ONE, -Scalar::ONE, half, -half]) {
-                let mut acc = Point::IDENTITY;
-                table.add_multiple(&k.to_bytes(), &mut acc);
-                assert_eq!(acc.encode(), (p * k).compress().0, "{bits} bits");
-                // Onto an accumulator that already holds a point.
-                let mut acc = ours(&p);
-                table.add_multiple(&k.to_bytes(), &mut acc);
-                assert_eq!(acc.encode(), (p + p * k).compress().0, "{bits} bits, added");
-            }
-        }
-        let mut acc = Point::IDENTITY;
-        let s = Scalar::from(0x0bad_cafe_u64) * Scalar::from(0x7777_u64);
-        basepoint_table().unwrap().add_multiple(&s.to_bytes(), &mut acc);
-        assert_eq!(acc.encode(), EdwardsPoint::mul_base(&s).compress().0);
-    }
-
-    #[test]
-    fn small_order_is_detected() {
-        for torsion in EIGHT_TORSION {
-            let bytes = torsion.compress().0;
-            let point = Point::decode(&bytes).unwrap();
-            assert!(point.is_small_order(), "{bytes:?}");
-            // A torsion point plus the basepoint is not of small order.
-            assert!(!point.add(&basepoint().unwrap()).is_small_order());
-        }
-        assert!(!basepoint().unwrap().is_small_order());
     }
 }
