@@ -96,14 +96,18 @@ fn generator_table() -> Option<&'static AffineTable> {
 /// Signed digits of `width` bits (2..=8) of a big-endian 256-bit integer, least significant
 /// first, each in `-2^(width-1)..=2^(width-1)`, with `sum(d[i]·2^(width·i))` equal to it.
 pub(super) fn signed_digits(be: &[u8; 32], width: usize) -> Vec<i16> {
-    let bit = |i: usize| be.get(31usize.wrapping_sub(i / 8)).map_or(0, |b| (b >> (i % 8)) & 1);
+    let mut le = *be;
+    le.reverse();
+    let byte = |i: usize| u32::from(le.get(i).copied().unwrap_or(0));
     let count = 256 / width + 1;
-    let (full, half) = (1i16 << width, 1i16 << (width - 1));
+    let (full, half, mask) = (1i16 << width, 1i16 << (width - 1), (1u32 << width) - 1);
     let mut carry = 0i16;
     (0..count)
         .map(|w| {
-            let raw = (0..width).fold(0i16, |acc, j| acc | (i16::from(bit(w * width + j)) << j));
-            let value = raw + carry;
+            // A window of at most 8 bits starts in one byte and ends in it or the next.
+            let bit = w * width;
+            let raw = ((byte(bit / 8) | byte(bit / 8 + 1) << 8) >> (bit % 8)) & mask;
+            let value = raw as i16 + carry;
             carry = i16::from(value > half);
             value - carry * full
         })
@@ -343,7 +347,8 @@ mod tests {
     #[test]
     fn signed_digits_sum_back_for_every_width() {
         for width in 2..=8 {
-            for be in [[0xffu8; 32], [0x20; 32], [0x55; 32], [0; 32]] {
+            let hashed = (0u8..4).map(|i| hmac_sha256::Hash::hash(&[i, width as u8]));
+            for be in [[0xffu8; 32], [0x20; 32], [0x55; 32], [0; 32]].into_iter().chain(hashed) {
                 let digits = signed_digits(&be, width);
                 let half = 1i64 << (width - 1);
                 assert!(digits.iter().all(|d| (-half..=half).contains(&i64::from(*d))), "width {width}");
