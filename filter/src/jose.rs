@@ -2,17 +2,17 @@
 //! JWS split, the algorithms we accept, public keys read from JWKs, RFC 7638 thumbprints, and
 //! signature verification over `header.payload`.
 //!
-//! The signature schemes sit in the submodules, each on a small, audited arithmetic crate:
-//! [`ec`] (ES256, ES384: RustCrypto `p256`/`p384`), [`ed25519`] (EdDSA: `curve25519-dalek`, whose
-//! 32-bit backend suits wasm32), [`rsa`] (RS*/PS*: `crypto-bigint`). Verification handles public
-//! data only (key, message, signature), so variable-time arithmetic there leaks nothing secret.
+//! The signature schemes sit in the submodules: [`ec`] (ES256, ES384: RustCrypto `p256`/`p384`),
+//! [`ed25519`] (EdDSA: the `mcp_guard_ed25519` crate, filter/ed25519, on fiat-crypto's formally
+//! verified field, checked against `curve25519-dalek` in the tests; scalars with `crypto-bigint`),
+//! [`rsa`] (RS*/PS*: `crypto-bigint`). Verification handles public data only (key, message,
+//! signature), so variable-time arithmetic there leaks nothing secret.
 //!
 //! A key that verifies many signatures (a DPoP client's key: one proof per request) can be
 //! [`KeyMaterial::precomputed`]: tables of multiples of its point turn the variable-base half of
 //! each verification into a fixed-base one (see [`crate::dpop`] for the cache that keeps them).
 //! That path has arithmetic of its own, shaped for wasm32: P-256 in the `mcp_guard_p256` crate
-//! (filter/p256), Ed25519 in the `mcp_guard_ed25519` crate (filter/ed25519) on fiat-crypto's
-//! field; both crates are built at opt-level 3.
+//! (filter/p256), Ed25519 in `mcp_guard_ed25519`; both crates are built at opt-level 3.
 #![forbid(unsafe_code)]
 
 mod ec;
