@@ -378,6 +378,18 @@ mod tests {
     }
 
     #[test]
+    fn every_small_order_point_is_refused_as_a_key() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        for torsion in EIGHT_TORSION {
+            let encoded = torsion.compress().0;
+            assert!(Ed25519Key::from_bytes(&encoded).is_none(), "{encoded:?}");
+            // The same point plus the basepoint is of mixed order: accepted, as before.
+            let mixed = (torsion + ED25519_BASEPOINT_POINT).compress().0;
+            assert!(Ed25519Key::from_bytes(&mixed).is_some(), "{mixed:?}");
+        }
+    }
+
+    #[test]
     fn small_order_and_non_canonical_keys_are_refused() {
         // The identity (y = 1), a point of order 2 (y = -1), and y = p + 1 (non-canonical 1).
         let identity = hex("0100000000000000000000000000000000000000000000000000000000000000");
