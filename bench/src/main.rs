@@ -9,7 +9,7 @@
 //! (requests / 10), `BENCH_MEMORY_TOKEN_CACHE` (10000), `BENCH_MEMORY_REPLAY_ENTRIES` (100000),
 //! `BENCH_ONLY` (a subset of configurations, e.g. `1,2,4`), `BENCH_COMPARE_WASM` (other builds,
 //! `a.wasm:b.wasm`, on the cached-token path as configurations 4b, 4c, …, or with
-//! `BENCH_COMPARE_PATH=eddsa` on the DPoP EdDSA path as 7b, 7c, …), `MCP_GUARD_WASM`, `ENVOY_BIN`.
+//! `BENCH_COMPARE_PATH=es256` or `eddsa` on a DPoP path as 6b, … or 7b, …), `MCP_GUARD_WASM`, `ENVOY_BIN`.
 
 mod envoy;
 mod fuel;
@@ -575,12 +575,13 @@ fn smoke(
 }
 
 /// The configurations BENCH_COMPARE_WASM adds, one per .wasm: on the cached-token path (4's
-/// twins), or with BENCH_COMPARE_PATH=eddsa on the DPoP EdDSA path (7's).
+/// twins), or with BENCH_COMPARE_PATH=es256 or eddsa on a DPoP path (6's or 7's).
 const COMPARE_IDS: [&str; 6] = ["4b", "4c", "4d", "4e", "4f", "4g"];
+const COMPARE_ES256_IDS: [&str; 6] = ["6b", "6c", "6d", "6e", "6f", "6g"];
 const COMPARE_EDDSA_IDS: [&str; 6] = ["7b", "7c", "7d", "7e", "7f", "7g"];
 
 fn is_compared(id: &str) -> bool {
-    COMPARE_IDS.contains(&id) || COMPARE_EDDSA_IDS.contains(&id)
+    COMPARE_IDS.contains(&id) || COMPARE_ES256_IDS.contains(&id) || COMPARE_EDDSA_IDS.contains(&id)
 }
 
 fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Result<String, Error> {
@@ -794,26 +795,31 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
                 .collect()
         })
         .unwrap_or_default();
-    let eddsa = match std::env::var("BENCH_COMPARE_PATH").as_deref() {
-        Err(_) | Ok("" | "cached") => false,
-        Ok("eddsa") => true,
-        Ok(other) => return Err(Error(format!("BENCH_COMPARE_PATH={other}: cached or eddsa"))),
+    // The DPoP path the compared builds run, if not the cached-token one: (alg, token, ids).
+    let dpop = match std::env::var("BENCH_COMPARE_PATH").as_deref() {
+        Err(_) | Ok("" | "cached") => None,
+        Ok("es256") => Some(("ES256", &m.dpop_es_token, COMPARE_ES256_IDS)),
+        Ok("eddsa") => Some(("EdDSA", &m.dpop_ed_token, COMPARE_EDDSA_IDS)),
+        Ok(other) => return Err(Error(format!("BENCH_COMPARE_PATH={other}: cached, es256 or eddsa"))),
     };
-    let ids = if eddsa { COMPARE_EDDSA_IDS } else { COMPARE_IDS };
+    let ids = dpop.map_or(COMPARE_IDS, |(_, _, ids)| ids);
     for (other, id) in compared.iter().zip(ids) {
         let name = other
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (label, binding, gen, proofs) = if eddsa {
-            (
-                format!("mcp-guard DPoP EdDSA, fresh proof per request, {name}"),
+        let (label, binding, gen, proofs) = match dpop {
+            Some((alg, token, _)) => (
+                format!("mcp-guard DPoP {alg}, fresh proof per request, {name}"),
                 "dpop",
-                script(id, &[("Authorization", format!("DPoP {}", m.dpop_ed_token))], Some(proof_list(&format!("eddsa-{id}"))))?,
-                pool("EdDSA"),
-            )
-        } else {
-            (format!("mcp-guard bearer, cached token, {name}"), "bearer", script(id, &[bearer(&m.bearer_token)], None)?, None)
+                script(
+                    id,
+                    &[("Authorization", format!("DPoP {token}"))],
+                    Some(proof_list(&format!("{}-{id}", alg.to_ascii_lowercase()))),
+                )?,
+                pool(alg),
+            ),
+            None => (format!("mcp-guard bearer, cached token, {name}"), "bearer", script(id, &[bearer(&m.bearer_token)], None)?, None),
         };
         plans.push((
             id,
@@ -834,7 +840,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
         plans.retain(|plan| wanted.contains(&plan.0));
         if plans.is_empty() {
-            return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b… or 7b… with BENCH_COMPARE_WASM)")));
+            return Err(Error(format!("BENCH_ONLY={only}: no such configuration (1 2 3 4 5n 5 6 7, 4b…, 6b… or 7b… with BENCH_COMPARE_WASM)")));
         }
     }
     let ids: Vec<&str> = plans.iter().map(|plan| plan.0).collect();
@@ -1100,6 +1106,7 @@ fn print_table(
     // Compared builds against jwt_authn and against the same path with the run's own build.
     for (ids, jwt_authn, own, path) in [
         (COMPARE_IDS, "2", "4", "the cached-token path"),
+        (COMPARE_ES256_IDS, "3", "6", "the DPoP ES256 path"),
         (COMPARE_EDDSA_IDS, "3", "7", "the DPoP EdDSA path"),
     ] {
         for c in configs.iter().filter(|c| ids.contains(&c.id)) {
