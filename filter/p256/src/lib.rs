@@ -1,12 +1,14 @@
 //! P-256 arithmetic for mcp-guard's precomputed ECDSA path (`filter/src/jose/ec.rs`), in a form that suits
-//! wasm32: field elements of ten 26-bit limbs, multiplied with 64-bit products that never
-//! carry (a column of ten products stays below 2^56), reduced in Montgomery form with
-//! R = 2^260. p ≡ -1 mod 2^96, so each reduction step's multiplier is just the low 26 bits
-//! and adding it times p = 2^256 - 2^224 + 2^192 + 2^96 - 1 is four shifted additions. The
-//! `p256` crate's saturated 32-bit limbs spend most of their instructions on carries, which
-//! wasm has no flags for. Measured in V8 (Node 20): 57–73 ns per multiplication here (about
-//! twice that when built at opt-level "s", hence a crate of its own); one ES256 verification
-//! with the same tables 56 µs on this arithmetic, 130 µs on the crate's.
+//! wasm32: field elements of nine 29-bit limbs, multiplied with 64-bit products that never
+//! overflow (a column of nine products stays below 2^61.2, and the reduction adds less than
+//! 2^54 to it), reduced in Montgomery form with R = 2^261. p ≡ -1 mod 2^96, so each reduction
+//! step's multiplier is just the low 29 bits and adding it times
+//! p = 2^256 - 2^224 + 2^192 + 2^96 - 1 is four shifted additions. The `p256` crate's saturated
+//! 32-bit limbs spend most of their instructions on carries, which wasm has no flags for.
+//! Nine limbs of 29 bits need 81 products per multiplication where ten of 26 needed 100.
+//! Measured in V8 (Node 20): 57–73 ns per multiplication with ten 26-bit limbs (about twice
+//! that when built at opt-level "s", hence a crate of its own); one ES256 verification with
+//! the same tables 56 µs on that arithmetic, 130 µs on the crate's.
 //!
 //! Only what verification with precomputed tables needs: affine table points (made by the
 //! `p256` crate and converted), a Jacobian accumulator with the mixed addition, and the final
@@ -16,22 +18,23 @@
 //! never depends on an exceptional case. All data here is public (key, message, signature).
 #![forbid(unsafe_code)]
 
-/// Bits per limb.
-const BITS: u32 = 26;
+/// Bits per limb, and limbs: 9 × 29 = 261 bits.
+const BITS: u32 = 29;
 const MASK: i64 = (1 << BITS) - 1;
+const LIMBS: usize = 9;
 
-/// A field element in Montgomery form (`x·2^260 mod p`, not necessarily below p): value below
-/// 2^257, limbs 0..=8 in `0..2^26`, limb 9 the rest (below 2^23). 80 bytes in a table.
+/// A field element in Montgomery form (`x·2^261 mod p`, not necessarily below p): value below
+/// 2^257, limbs 0..=7 in `0..2^29`, limb 8 the rest (below 2^25). 72 bytes in a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fe([u32; 10]);
+pub struct Fe([u32; LIMBS]);
 
 /// p, 2p (the other spellings of zero below 2^257) and R² mod p, as normalized limbs.
 struct Constants {
     p: Fe,
     p2: Fe,
     /// 4p in limbs (not normalized: each limb of p times 4), added before a subtraction.
-    p4: [i64; 10],
-    /// 2^520 mod p (plain, not Montgomery): multiplying by it enters Montgomery form.
+    p4: [i64; LIMBS],
+    /// 2^522 mod p (plain, not Montgomery): multiplying by it enters Montgomery form.
     r2: Fe,
     /// 1, in Montgomery form.
     one: Fe,
@@ -49,10 +52,10 @@ fn constants() -> &'static Constants {
         let p = Fe::plain_from_be(&P_BE);
         let p2 = Fe::normalize(p.0.map(|limb| 2 * i64::from(limb)));
         let p4 = p.0.map(|limb| 4 * i64::from(limb));
-        // 2^520 mod p by doubling 1 (add keeps the value below 2^257 and congruent); then
-        // 1 in Montgomery form is 2^520 · 1 / 2^260.
+        // 2^522 mod p by doubling 1 (add keeps the value below 2^257 and congruent); then
+        // 1 in Montgomery form is 2^522 · 1 / 2^261.
         let mut r2 = Fe::plain_from_be(&one_be());
-        for _ in 0..520 {
+        for _ in 0..522 {
             r2 = r2.add(&r2);
         }
         let one = Fe::plain_from_be(&one_be()).mul(&r2);
@@ -61,29 +64,29 @@ fn constants() -> &'static Constants {
 }
 
 impl Fe {
-    pub const ZERO: Fe = Fe([0; 10]);
+    pub const ZERO: Fe = Fe([0; LIMBS]);
 
     /// Carries signed limbs into the normalized form. The value must be non-negative and below
     /// 2^263: bits from 256 up are folded back with 2^256 ≡ 2^224 - 2^192 - 2^96 + 1.
     #[allow(clippy::indexing_slicing)] // fixed arrays, constant indices: all in range
-    fn normalize(mut t: [i64; 10]) -> Fe {
+    fn normalize(mut t: [i64; LIMBS]) -> Fe {
         Fe::carry(&mut t);
-        // Limb 9 holds bits 234 and up: keep 22 of them (to bit 255), fold the rest.
-        let high = t[9] >> 22;
-        t[9] &= (1 << 22) - 1;
+        // Limb 8 holds bits 232 and up: keep 24 of them (to bit 255), fold the rest.
+        let high = t[8] >> 24;
+        t[8] &= (1 << 24) - 1;
         t[0] += high;
-        t[3] -= high << 18; // 2^96 = limb 3, bit 18
-        t[7] -= high << 10; // 2^192 = limb 7, bit 10
-        t[8] += high << 16; // 2^224 = limb 8, bit 16
+        t[3] -= high << 9; // 2^96 = limb 3, bit 9
+        t[6] -= high << 18; // 2^192 = limb 6, bit 18
+        t[7] += high << 21; // 2^224 = limb 7, bit 21
         Fe::carry(&mut t);
         Fe(t.map(|limb| limb as u32))
     }
 
-    /// One pass of carries: limbs 0..=8 into `0..2^26` (arithmetic shifts floor negative
-    /// limbs), limb 9 takes the rest.
-    #[allow(clippy::indexing_slicing)] // i + 1 <= 9
-    fn carry(t: &mut [i64; 10]) {
-        for i in 0..9 {
+    /// One pass of carries: limbs 0..=7 into `0..2^29` (arithmetic shifts floor negative
+    /// limbs), limb 8 takes the rest.
+    #[allow(clippy::indexing_slicing)] // i + 1 <= 8
+    fn carry(t: &mut [i64; LIMBS]) {
+        for i in 0..LIMBS - 1 {
             let c = t[i] >> BITS;
             t[i] -= c << BITS;
             t[i + 1] += c;
@@ -92,7 +95,7 @@ impl Fe {
 
     /// The integer of 32 big-endian bytes, as limbs (not Montgomery form).
     fn plain_from_be(bytes: &[u8; 32]) -> Fe {
-        let mut t = [0i64; 10];
+        let mut t = [0i64; LIMBS];
         for (i, byte) in bytes.iter().rev().enumerate() {
             let bit = i * 8;
             if let Some(limb) = t.get_mut(bit / BITS as usize) {
@@ -108,7 +111,7 @@ impl Fe {
     }
 
     pub fn add(&self, other: &Fe) -> Fe {
-        let mut t = [0i64; 10];
+        let mut t = [0i64; LIMBS];
         for ((slot, a), b) in t.iter_mut().zip(self.0).zip(other.0) {
             *slot = i64::from(a) + i64::from(b);
         }
@@ -129,29 +132,34 @@ impl Fe {
         Fe::normalize(self.0.map(|a| i64::from(a) * k))
     }
 
-    /// Montgomery multiplication: `self · other / 2^260 mod p`, below 2^257.
-    #[allow(clippy::indexing_slicing)] // fixed arrays, loop bounds constant: i + j <= 18, i + 9 <= 18
+    /// Montgomery multiplication: `self · other / 2^261 mod p`, below 2^257.
+    ///
+    /// Bounds: limbs below 2^29 (the top one below 2^25), so a product is below 2^58 and a
+    /// column of nine below 2^61.2; each reduction step adds at most 2^53 (`m << 24`) and a carry
+    /// below 2^33 to a column, nine steps at most 2^54 — all far below 2^63. The result,
+    /// `(a·b + M·p) / 2^261` with `a, b < 2^257` and `M < 2^261`, is below 2^253 + p < 2^257.
+    #[allow(clippy::indexing_slicing)] // fixed arrays, loop bounds constant: i + j <= 16, i + 8 <= 16
     pub fn mul(&self, other: &Fe) -> Fe {
         let (a, b) = (self.0.map(i64::from), other.0.map(i64::from));
-        let mut t = [0i64; 20];
+        let mut t = [0i64; 2 * LIMBS];
         for (i, ai) in a.iter().enumerate() {
             for (j, bj) in b.iter().enumerate() {
                 t[i + j] += ai * bj;
             }
         }
-        // Ten steps: m = t mod 2^26 (-p^-1 ≡ 1 mod 2^26), then t += m·p and the low limb,
-        // now a multiple of 2^26, carries up.
-        for i in 0..10 {
+        // Nine steps: m = t mod 2^29 (-p^-1 ≡ 1 mod 2^29), then t += m·p and the low limb,
+        // now a multiple of 2^29, carries up.
+        for i in 0..LIMBS {
             let m = t[i] & MASK;
             t[i] -= m;
-            t[i + 3] += m << 18;
-            t[i + 7] += m << 10;
-            t[i + 8] -= m << 16;
-            t[i + 9] += m << 22;
+            t[i + 3] += m << 9; // 2^96 = limb 3, bit 9
+            t[i + 6] += m << 18; // 2^192 = limb 6, bit 18
+            t[i + 7] -= m << 21; // 2^224 = limb 7, bit 21
+            t[i + 8] += m << 24; // 2^256 = limb 8, bit 24
             t[i + 1] += t[i] >> BITS;
         }
-        let mut high = [0i64; 10];
-        high.copy_from_slice(&t[10..]);
+        let mut high = [0i64; LIMBS];
+        high.copy_from_slice(&t[LIMBS..]);
         Fe::normalize(high)
     }
 
@@ -313,6 +321,58 @@ mod tests {
             assert_eq!(value(&acc), expect);
         }
         assert!(Fe::from_be(&P_BE).is_zero(), "p is zero");
+    }
+
+    /// The integer a field element's limbs spell, not reduced (below 2^257 by construction).
+    fn limbs_value(fe: &Fe) -> crypto_bigint::U512 {
+        let mut acc = crypto_bigint::U512::ZERO;
+        for limb in fe.0.iter().rev() {
+            acc = acc.shl_vartime(BITS).wrapping_add(&crypto_bigint::U512::from_u32(*limb));
+        }
+        acc
+    }
+
+    /// Multiplication at the edges of its bounds: every limb at its largest (the value
+    /// 2^257 - 1), single limbs at their largest, and limbs drawn at random below their bounds.
+    /// Each product satisfies `out · 2^261 ≡ a · b (mod p)` and stays a normalized value below
+    /// 2^257, checked on 512-bit integers.
+    #[test]
+    fn multiplication_holds_at_the_bounds_of_its_limbs() {
+        use crypto_bigint::U512;
+        let p512 = NonZero::new(U512::from_be_slice(&[[0u8; 32], P_BE].concat())).unwrap();
+        let r = U512::ONE.shl_vartime(261).rem_vartime(&p512);
+        let top_bound = (1u32 << 25) - 1;
+        let mut samples = vec![Fe([MASK as u32, MASK as u32, MASK as u32, MASK as u32, MASK as u32, MASK as u32, MASK as u32, MASK as u32, top_bound])];
+        for i in 0..LIMBS {
+            let mut limbs = [0u32; LIMBS];
+            limbs[i] = if i == LIMBS - 1 { top_bound } else { MASK as u32 };
+            samples.push(Fe(limbs));
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..60 {
+            let mut limbs = [0u32; LIMBS];
+            for (i, limb) in limbs.iter_mut().enumerate() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let bound = if i == LIMBS - 1 { top_bound } else { MASK as u32 };
+                // Half the limbs at their largest, the rest random.
+                *limb = if seed & 1 == 0 { bound } else { (seed >> 8) as u32 & bound };
+            }
+            samples.push(Fe(limbs));
+        }
+        let two_257 = U512::ONE.shl_vartime(257);
+        for a in &samples {
+            for b in &samples {
+                let out = a.mul(b);
+                let value = limbs_value(&out);
+                assert!(value < two_257, "{a:?} · {b:?}: {out:?} not below 2^257");
+                assert!(out.0.iter().take(LIMBS - 1).all(|l| i64::from(*l) <= MASK), "{out:?} not normalized");
+                let lhs = value.mul_mod(&r, &p512);
+                let rhs = limbs_value(a).rem_vartime(&p512).mul_mod(&limbs_value(b).rem_vartime(&p512), &p512);
+                assert_eq!(lhs, rhs, "{a:?} · {b:?}");
+            }
+        }
     }
 
     fn affine(point: &ProjectivePoint) -> Affine {
