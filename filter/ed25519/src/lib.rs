@@ -7,8 +7,9 @@
 //! multiples kept with it holds full extended points and pays a projective addition (9
 //! multiplications plus a conversion) per entry used. Tables of affine Niels points
 //! `(y + x, y - x, 2d·x·y)` make each addition a mixed one of 7 multiplications, and wider
-//! windows need fewer of them. Decoding and validating keys, scalars and the plain path stay on
-//! `curve25519-dalek` in the filter; everything here is checked against it in the tests.
+//! windows need fewer of them. Keys are decoded here too, and a key without a table is
+//! multiplied by double-and-add ([`Point::add_multiple_once`]); the filter reduces scalars with
+//! `crypto-bigint`. Everything here is checked against `curve25519-dalek` in the tests.
 //!
 //! All inputs are public (key, message, signature): the operations are variable-time.
 //! Formulas: Hisil, Wong, Carter, Dawson, "Twisted Edwards Curves Revisited" (2008), for
@@ -54,8 +55,7 @@ impl Fe {
         Fe::from_bytes(&bytes)
     }
 
-    /// The canonical encoding (below p), little-endian. Not inlined (a kilobyte of .wasm each).
-    #[inline(never)]
+    /// The canonical encoding (below p), little-endian.
     fn to_bytes(self) -> [u8; 32] {
         let mut out = [0u8; 32];
         fiat::fiat_25519_to_bytes(&mut out, &self.0);
@@ -103,8 +103,8 @@ impl Fe {
         self.relax().square()
     }
 
-    /// `self^(2^n)`. Never inlined, as the exponentiations that use it are off the hot path:
-    /// at opt-level 3, unrolled into each of their steps, they would cost kilobytes of .wasm.
+    /// `self^(2^n)`. Never inlined: the exponentiations that use it are off the hot path, and
+    /// inlined into each of their steps at opt-level 3 they were 2.4 KB more of .wasm.
     #[inline(never)]
     fn square_times(self, n: u32) -> Fe {
         (0..n).fold(self, |acc, _| acc.square())
@@ -155,17 +155,13 @@ impl Fe {
     }
 }
 
-// Multiplication and squaring are never inlined: a call costs little next to their hundred
-// 64-bit products, and an inlined copy in every formula would add kilobytes to the .wasm.
 impl Loose {
-    #[inline(never)]
     fn mul(self, other: Loose) -> Fe {
         let mut out = Fe::ZERO;
         fiat::fiat_25519_carry_mul(&mut out.0, &self.0, &other.0);
         out
     }
 
-    #[inline(never)]
     fn square(self) -> Fe {
         let mut out = Fe::ZERO;
         fiat::fiat_25519_carry_square(&mut out.0, &self.0);
