@@ -627,6 +627,41 @@ mod tests {
         assert!(rsa.precomputed().is_none());
     }
 
+    /// Many keys, many messages: the table path and the plain one give the same verdict for
+    /// every signature, its tampered copy and another key's signature (ES256 on `filter/p256`'s
+    /// field, Ed25519 on `filter/ed25519`; the signer is jwt-simple, another implementation).
+    #[test]
+    fn precomputed_and_plain_paths_agree_across_keys() {
+        for make in [TestKey::es256 as fn() -> TestKey, TestKey::ed25519] {
+            let signers: Vec<TestKey> = (0..6).map(|_| make()).collect();
+            let keys: Vec<(KeyMaterial, KeyMaterial)> = signers
+                .iter()
+                .map(|s| {
+                    let plain = KeyMaterial::decode(&CheckedJwk::read(&s.public_jwk()).unwrap()).unwrap();
+                    let fast = plain.precomputed().unwrap();
+                    (plain, fast)
+                })
+                .collect();
+            for (n, signer) in signers.iter().enumerate() {
+                let alg = Alg::parse(signer.alg()).unwrap();
+                for i in 0..5u32 {
+                    let jws = signer.sign_jws(&serde_json::json!({"k": n, "m": i}), &serde_json::json!({"payload": "x".repeat(i as usize * 37)}));
+                    let parts = CompactJws::split(&jws).unwrap();
+                    let input = parts.signing_input.as_bytes();
+                    let mut tampered = parts.signature.clone();
+                    let at = (i as usize * 11 + n) % tampered.len();
+                    tampered[at] ^= 0x01;
+                    for (m, (plain, fast)) in keys.iter().enumerate() {
+                        let own = m == n;
+                        assert_eq!(plain.verify(alg, input, &parts.signature), own, "plain, signer {n}, key {m}, message {i}");
+                        assert_eq!(fast.verify(alg, input, &parts.signature), own, "table, signer {n}, key {m}, message {i}");
+                        assert!(!plain.verify(alg, input, &tampered) && !fast.verify(alg, input, &tampered));
+                    }
+                }
+            }
+        }
+    }
+
     /// RSA-PSS with each hash, signed by another implementation (superboring, as the test kit
     /// signs RS256), verified here; RFC 7520's own vectors are in `rsa`.
     #[test]
