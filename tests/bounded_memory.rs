@@ -165,6 +165,8 @@ fn memory_and_caches_stay_bounded_over_many_tokens_and_proofs() {
     let oldest = fuel_of(&tokens[1], "an old token");
     let verify = unseen.saturating_sub(newest);
     eprintln!("fuel per request: cached token {newest}, new token {unseen}, evicted token {oldest}");
-    assert!(verify > 1_000_000, "a token verification costs only {verify} fuel?");
+    // With the issuer key's table (built once it has verified two tokens) an ES256 verification
+    // is about 580k fuel; without it about 13M. A cache hit costs none of it.
+    assert!(verify > 250_000, "a token verification costs only {verify} fuel?");
     assert!(oldest > newest + verify / 2, "the oldest token ({oldest} fuel) was still cached (cached: {newest}, new: {unseen})");
 }

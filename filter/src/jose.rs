@@ -19,7 +19,8 @@ mod ec;
 mod ed25519;
 mod rsa;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -416,6 +417,12 @@ pub struct PublicKey {
     material: Arc<KeyMaterial>,
     /// The JWK's own `alg`, when it names one: then only that algorithm may be used with it.
     pinned_alg: Option<Alg>,
+    /// The material with its table of multiples ([`KeyMaterial::precomputed`]; `None` for key
+    /// types without one), made once the key has verified a second signature: an issuer's key
+    /// signs every token, and a new token then costs a fixed-base verification. Only valid
+    /// signatures count, so a forger cannot make the filter build tables. Shared by clones.
+    fast: Arc<OnceLock<Option<KeyMaterial>>>,
+    verified: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -429,12 +436,17 @@ impl PublicKey {
     pub fn from_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, JwkError> {
         let checked = CheckedJwk::read(jwk)?;
         let material = KeyMaterial::decode(&checked)?;
-        Ok(PublicKey { material: Arc::new(material), pinned_alg: checked.pinned_alg })
+        Ok(PublicKey::new(Arc::new(material), checked.pinned_alg))
     }
 
     /// A key from already decoded material (e.g. from a cache) and the JWK's own `alg`.
     pub fn new(material: Arc<KeyMaterial>, pinned_alg: Option<Alg>) -> PublicKey {
-        PublicKey { material, pinned_alg }
+        PublicKey { material, pinned_alg, fast: Arc::new(OnceLock::new()), verified: Arc::new(AtomicU32::new(0)) }
+    }
+
+    /// Whether this key verifies with its table now.
+    pub fn is_precomputed(&self) -> bool {
+        matches!(self.fast.get(), Some(Some(_)))
     }
 
     pub fn thumbprint(&self) -> &str {
@@ -453,7 +465,17 @@ impl PublicKey {
 
     /// Verifies `signature` over `signing_input` with `alg`. False on any mismatch.
     pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
-        self.allows(alg) && self.material.verify(alg, signing_input, signature)
+        if !self.allows(alg) {
+            return false;
+        }
+        if let Some(Some(fast)) = self.fast.get() {
+            return fast.verify(alg, signing_input, signature);
+        }
+        let valid = self.material.verify(alg, signing_input, signature);
+        if valid && self.verified.fetch_add(1, Ordering::Relaxed) >= 1 {
+            self.fast.get_or_init(|| self.material.precomputed());
+        }
+        valid
     }
 }
 
@@ -625,6 +647,44 @@ mod tests {
         }
         let rsa = KeyMaterial::decode(&CheckedJwk::read(&TestKey::rs256().public_jwk()).unwrap()).unwrap();
         assert!(rsa.precomputed().is_none());
+    }
+
+    /// A JWKS key (the issuer's) gets its table once it has verified a second valid signature;
+    /// forged signatures do not count, and the table path keeps the verdicts.
+    #[test]
+    fn a_key_that_keeps_verifying_gets_its_table() {
+        for signer in [TestKey::es256(), TestKey::ed25519(), TestKey::rs256()] {
+            let key = PublicKey::from_jwk(&signer.public_jwk()).unwrap();
+            let copy = key.clone();
+            let alg = Alg::parse(signer.alg()).unwrap();
+            let signed = |i: u32| signer.sign_jws(&serde_json::json!({"typ": "JWT"}), &serde_json::json!({"n": i}));
+            let parts = |jws: &str| {
+                let p = CompactJws::split(jws).unwrap();
+                (p.signing_input.as_bytes().to_vec(), p.signature)
+            };
+            let (input, signature) = parts(&signed(0));
+            let mut forged = signature.clone();
+            forged[5] ^= 0x10;
+            for _ in 0..4 {
+                assert!(!key.verify(alg, &input, &forged));
+            }
+            assert!(!key.is_precomputed(), "forgeries do not count");
+            assert!(key.verify(alg, &input, &signature));
+            assert!(!key.is_precomputed(), "one valid signature: plain");
+            let (input2, signature2) = parts(&signed(1));
+            assert!(key.verify(alg, &input2, &signature2));
+            let tables = !matches!(signer, TestKey::Rs256(_));
+            assert_eq!(key.is_precomputed(), tables, "{alg:?}: second valid signature");
+            assert_eq!(copy.is_precomputed(), tables, "clones share the table");
+            for i in 2..6 {
+                let (input, signature) = parts(&signed(i));
+                assert!(key.verify(alg, &input, &signature));
+                let mut bad = signature.clone();
+                bad[i as usize] ^= 0x01;
+                assert!(!key.verify(alg, &input, &bad));
+                assert!(!key.verify(alg, &input2, &signature));
+            }
+        }
     }
 
     /// Many keys, many messages: the table path and the plain one give the same verdict for
