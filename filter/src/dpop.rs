@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::DpopSettings;
-use crate::jose::{b64url_encode, sha256, Alg, CheckedJwk, CompactJws, JwkError, JwsError, KeyMaterial};
+use crate::jose::{b64url_encode, sha256, Alg, CheckedJwk, CompactJws, JwkError, JwsError, KeyMaterial, LearningKey};
 use crate::uri::AbsoluteUrl;
 
 /// Longest `jti` we remember; RFC 9449 suggests 96 bits of randomness, so this is generous.
@@ -119,7 +119,7 @@ pub fn verify_proof(
     let id = checked.material_id();
     let key = match PROOF_KEYS.with(|keys| keys.borrow_mut().get(&id)) {
         Some(key) => key,
-        None => Arc::new(KeyMaterial::decode(&checked).map_err(jwk_error)?),
+        None => Arc::new(LearningKey::new(KeyMaterial::decode(&checked).map_err(jwk_error)?)),
     };
     if !checked.allows(alg) {
         return Err(ProofError::JwkAlgorithmMismatch);
@@ -180,9 +180,9 @@ pub fn verify_proof(
 }
 
 /// Proof keys that verified a proof, per worker (a proxy-wasm VM runs one thread), by
-/// [`CheckedJwk::material_id`]. Bounded: the least recently used goes first. A key is
-/// precomputed once it verified a second proof, so a one-off key does not pay for its table,
-/// and a stream of fresh keys costs no more than without the cache.
+/// [`CheckedJwk::material_id`]. Bounded: the least recently used goes first. Each is a
+/// [`LearningKey`], precomputed once it verified a second proof, so a one-off key does not pay
+/// for its table, and a stream of fresh keys costs no more than without the cache.
 pub struct ProofKeys {
     entries: Vec<ProofKeyEntry>,
     capacity: usize,
@@ -191,12 +191,11 @@ pub struct ProofKeys {
 
 struct ProofKeyEntry {
     id: String,
-    key: Arc<KeyMaterial>,
-    verified: u32,
+    key: Arc<LearningKey>,
     last_used: u64,
 }
 
-/// Keys kept per worker: up to 32 (with its table a P-256 key is about 110 KB, an Ed25519 key
+/// Keys kept per worker: up to 32 (with its table a P-256 key is about 99 KB, an Ed25519 key
 /// 165 KB: at most about 5.3 MB per worker).
 pub const PROOF_KEYS_KEPT: usize = 32;
 
@@ -210,25 +209,19 @@ impl ProofKeys {
         ProofKeys { entries: Vec::new(), capacity: capacity.max(1), clock: 0 }
     }
 
-    pub fn get(&mut self, id: &str) -> Option<Arc<KeyMaterial>> {
+    pub fn get(&mut self, id: &str) -> Option<Arc<LearningKey>> {
         self.clock += 1;
         let entry = self.entries.iter_mut().find(|e| e.id == id)?;
         entry.last_used = self.clock;
         Some(Arc::clone(&entry.key))
     }
 
-    /// Notes that `key` (material `id`) verified a proof.
-    pub fn verified(&mut self, id: String, key: &Arc<KeyMaterial>) {
+    /// Notes that `key` (material `id`) verified a proof: kept, or kept fresh.
+    pub fn verified(&mut self, id: String, key: &Arc<LearningKey>) {
         self.clock += 1;
         let clock = self.clock;
         if let Some(entry) = self.entries.iter_mut().find(|e| e.id == id) {
-            entry.verified = entry.verified.saturating_add(1);
             entry.last_used = clock;
-            if entry.verified >= 2 {
-                if let Some(fast) = entry.key.precomputed() {
-                    entry.key = Arc::new(fast);
-                }
-            }
             return;
         }
         if self.entries.len() >= self.capacity {
@@ -236,7 +229,7 @@ impl ProofKeys {
                 self.entries.swap_remove(oldest);
             }
         }
-        self.entries.push(ProofKeyEntry { id, key: Arc::clone(key), verified: 1, last_used: clock });
+        self.entries.push(ProofKeyEntry { id, key: Arc::clone(key), last_used: clock });
     }
 
     pub fn len(&self) -> usize {
@@ -409,19 +402,25 @@ mod tests {
         let keys: Vec<TestKey> = (0..3).map(|_| TestKey::es256()).collect();
         let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk()).collect();
         let checked: Vec<_> = jwks.iter().map(|j| CheckedJwk::read(j).unwrap()).collect();
-        let material = |i: usize| Arc::new(KeyMaterial::decode(&checked[i]).unwrap());
         let id = |i: usize| checked[i].material_id();
         let mut cache = ProofKeys::new(2);
+        // A proof of key i, verified as verify_proof does: the cached key or a new one, then kept.
+        let prove = |cache: &mut ProofKeys, i: usize| {
+            let key = cache.get(&id(i)).unwrap_or_else(|| Arc::new(LearningKey::new(KeyMaterial::decode(&checked[i]).unwrap())));
+            let jws = keys[i].sign_jws(&json!({"typ": "dpop+jwt"}), &json!({"jti": i}));
+            let parts = CompactJws::split(&jws).unwrap();
+            assert!(key.verify(Alg::Es256, parts.signing_input.as_bytes(), &parts.signature));
+            cache.verified(id(i), &key);
+        };
         assert!(cache.get(&id(0)).is_none());
-        cache.verified(id(0), &material(0));
+        prove(&mut cache, 0);
         assert!(!cache.get(&id(0)).unwrap().is_precomputed(), "one proof: decoded only");
-        let cached = cache.get(&id(0)).unwrap();
-        cache.verified(id(0), &cached);
+        prove(&mut cache, 0);
         assert!(cache.get(&id(0)).unwrap().is_precomputed(), "second proof: precomputed");
-        cache.verified(id(1), &material(1));
+        prove(&mut cache, 1);
         // Key 0 was used last: adding key 2 evicts key 1.
         cache.get(&id(0));
-        cache.verified(id(2), &material(2));
+        prove(&mut cache, 2);
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&id(0)).is_some() && cache.get(&id(2)).is_some() && cache.get(&id(1)).is_none());
     }
