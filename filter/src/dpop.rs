@@ -43,6 +43,9 @@ pub enum ProofError {
     TooOld,
     IssuedInTheFuture,
     AccessTokenHashMismatch,
+    /// The header's `crit` names extensions; DPoP defines none and we understand none
+    /// (RFC 7515 §4.1.11: the JWS is then invalid).
+    CriticalHeader,
 }
 
 impl ProofError {
@@ -64,6 +67,7 @@ impl ProofError {
             ProofError::TooOld => "DPoP proof iat is too old".into(),
             ProofError::IssuedInTheFuture => "DPoP proof iat is in the future".into(),
             ProofError::AccessTokenHashMismatch => "DPoP proof ath does not match the access token".into(),
+            ProofError::CriticalHeader => "DPoP proof header has critical extensions (crit) this server does not understand".into(),
         }
     }
 }
@@ -101,6 +105,9 @@ pub fn verify_proof(
     let typ = jws.header_str("typ").unwrap_or("").to_ascii_lowercase();
     if typ != "dpop+jwt" && typ != "application/dpop+jwt" {
         return Err(ProofError::WrongType);
+    }
+    if jws.header.contains_key("crit") {
+        return Err(ProofError::CriticalHeader);
     }
     let alg_name = jws.header_str("alg").unwrap_or("");
     let alg = Alg::parse(alg_name)
@@ -344,6 +351,8 @@ mod tests {
             ("jti long", Box::new(|s| s.jti = json!("x".repeat(MAX_JTI_LEN + 1))), ProofError::BadClaim("jti")),
             ("ath missing", Box::new(|s| s.ath = None), ProofError::MissingClaim("ath")),
             ("ath other token", Box::new(|s| s.ath = Some(json!(crate::testkit::ath("other")))), ProofError::AccessTokenHashMismatch),
+            ("crit", Box::new(|s| { s.extra_header.insert("crit".into(), json!(["exp"])); }), ProofError::CriticalHeader),
+            ("crit empty", Box::new(|s| { s.extra_header.insert("crit".into(), json!([])); }), ProofError::CriticalHeader),
         ];
         for (name, breaker, expected) in cases {
             let mut spec = ProofSpec::new(&key, "POST", URL, NOW, TOKEN);

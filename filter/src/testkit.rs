@@ -254,6 +254,8 @@ pub struct ProofSpec {
     pub jti: Value,
     pub ath: Option<Value>,
     pub extra_claims: Map<String, Value>,
+    /// Header members besides `typ`, `alg` and `jwk` (e.g. `crit`).
+    pub extra_header: Map<String, Value>,
 }
 
 impl ProofSpec {
@@ -270,11 +272,12 @@ impl ProofSpec {
             jti: format!("proof-{now}-{n}").into(),
             ath: Some(ath(token).into()),
             extra_claims: Map::new(),
+            extra_header: Map::new(),
         }
     }
 
     pub fn sign(&self, key: &TestKey) -> String {
-        let mut header = Map::new();
+        let mut header = self.extra_header.clone();
         header.insert("typ".into(), self.typ.clone());
         if let Some(alg) = &self.alg {
             header.insert("alg".into(), alg.clone().into());
