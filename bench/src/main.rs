@@ -613,7 +613,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
     let first_token = tokens.first().cloned().unwrap_or_default();
     drop(tokens);
     println!(
-        "made:  {token_count} distinct ES256 tokens (config 3, reused in turn), TLS certificates ({:.1} s); \
+        "made:  {token_count} distinct ES256 tokens (configs 3 and 4t, reused in turn), TLS certificates ({:.1} s); \
          DPoP proofs (configs 6, 7) are made before each run, one per request",
         t.elapsed().as_secs_f64()
     );
@@ -724,6 +724,26 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             guard("bearer"),
             false,
             script("4", &[bearer(&m.bearer_token)], None)?,
+            Check::Guard,
+            None,
+        ),
+        (
+            "4t",
+            "mcp-guard bearer, a new ES256 token per request",
+            guard("bearer"),
+            false,
+            // The tokens of 3, in the same order: each request misses the token cache (10,000
+            // entries, 200,000 tokens) and verifies a signature, as jwt_authn uncached does.
+            script(
+                "4t",
+                &[],
+                Some(List {
+                    file: tokens_file.clone(),
+                    header: "Authorization",
+                    prefix: "Bearer ",
+                    wrap: true,
+                }),
+            )?,
             Check::Guard,
             None,
         ),
@@ -1096,11 +1116,13 @@ fn print_table(
         "ratios (median over rounds of the ratio within each round, min–max in parentheses; \"vs 1\" likewise):\n   \
          4/2 {} cached token: mcp-guard vs jwt_authn (audit line per decision in Envoy's log, the default)\n   \
          4a/2 {} the same, audit record to the access log, log line for refusals only\n   6/3 {} and 7/3 {} one signature per request: DPoP proof vs jwt_authn uncached\n   \
+         4t/3 {} one signature per request: a new access token each time, both uncached\n   \
          5/5n {} mTLS binding, both over TLS with oha (5 vs 1 mixes generators and TLS: compare 5 with 5n)",
         spread("4", "2"),
         spread("4a", "2"),
         spread("6", "3"),
         spread("7", "3"),
+        spread("4t", "3"),
         spread("5", "5n")
     );
     // Compared builds against jwt_authn and against the same path with the run's own build.
@@ -1119,11 +1141,12 @@ fn print_table(
         }
     }
     format!(
-        "ratios: cached={:.2} cached_access_log={:.2} dpop_es256={:.2} dpop_eddsa={:.2} mtls={:.2} none_2={:.2} none_3={:.2} none_4={:.2} none_6={:.2} none_7={:.2} wasm_kib={:.0}",
+        "ratios: cached={:.2} cached_access_log={:.2} dpop_es256={:.2} dpop_eddsa={:.2} new_token={:.2} mtls={:.2} none_2={:.2} none_3={:.2} none_4={:.2} none_6={:.2} none_7={:.2} wasm_kib={:.0}",
         ratio("4", "2"),
         ratio("4a", "2"),
         ratio("6", "3"),
         ratio("7", "3"),
+        ratio("4t", "3"),
         ratio("5", "5n"),
         ratio("2", "1"),
         ratio("3", "1"),
