@@ -630,8 +630,9 @@ impl Target for NativeTarget {
             method: req.method.clone(),
             path: req.path.clone(),
             headers: req.headers.clone(),
-            client_cert_sha256_hex: req.cert_sha256_hex.as_ref().map(|h| h.as_bytes().to_vec()),
         };
+        let cert = req.cert_sha256_hex.as_ref().map(|h| h.as_bytes().to_vec());
+        let client_cert_sha256_hex = || cert.clone();
         let mut head = head;
         if let Some(body) = &req.body {
             head.headers.push(("content-length".into(), body.len().to_string().into_bytes()));
@@ -644,7 +645,15 @@ impl Target for NativeTarget {
             KeySource::Inline(keys) => Some(keys),
             KeySource::Remote(_) => None,
         };
-        let mut env = Env { now: req.now, keys, may_fetch_keys: false, tokens: &mut self.tokens, replay_store: &mut self.store, replay_tag: 1 };
+        let mut env = Env {
+            now: req.now,
+            keys,
+            may_fetch_keys: false,
+            tokens: &mut self.tokens,
+            replay_store: &mut self.store,
+            replay_tag: 1,
+            client_cert_sha256_hex: &client_cert_sha256_hex,
+        };
         let body = req.body.clone().or_else(|| (req.method == "POST").then(Vec::new));
         let decision = guard.decide(&head, body.as_deref(), &mut env);
         audit_writer_agrees(&head, &decision, req.now);

@@ -229,7 +229,7 @@ impl Filter {
             headers.push(("content-type".into(), ct.clone().into_bytes()));
         }
         headers.push(("content-length".into(), case.body.len().to_string().into_bytes()));
-        let head = RequestHead { method: "POST".into(), path: "/mcp".into(), headers, client_cert_sha256_hex: None };
+        let head = RequestHead { method: "POST".into(), path: "/mcp".into(), headers };
         if let HeadVerdict::Reply(..) = self.guard.on_head(&head) {
             return View::Reject;
         }
@@ -237,7 +237,15 @@ impl Filter {
             KeySource::Inline(keys) => Some(keys),
             KeySource::Remote(_) => None,
         };
-        let mut env = Env { now: NOW, keys, may_fetch_keys: false, tokens: &mut self.tokens, replay_store: &mut self.store, replay_tag: 1 };
+        let mut env = Env {
+            now: NOW,
+            keys,
+            may_fetch_keys: false,
+            tokens: &mut self.tokens,
+            replay_store: &mut self.store,
+            replay_tag: 1,
+            client_cert_sha256_hex: &|| None,
+        };
         let decoded = mcp::decode(&case.body);
         match (self.guard.decide(&head, Some(&case.body), &mut env), decoded) {
             (Decision::Allow(allowed), Ok(body)) => {

@@ -27,9 +27,6 @@ pub struct RequestHead {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, Vec<u8>)>,
-    /// `connection.sha256_peer_certificate_digest`: hex SHA-256 of the client certificate's
-    /// DER, when the downstream connection presented one.
-    pub client_cert_sha256_hex: Option<Vec<u8>>,
 }
 
 impl RequestHead {
@@ -70,6 +67,10 @@ pub struct Env<'a> {
     pub replay_store: &'a mut dyn SharedStore,
     /// Distinguishes this writer in the shared replay cache (see [`crate::replay`]).
     pub replay_tag: u32,
+    /// The downstream connection's `connection.sha256_peer_certificate_digest` (hex SHA-256 of
+    /// the client certificate's DER, `None` without one). Asked only for a token bound to a
+    /// certificate: in the proxy each ask is a host call.
+    pub client_cert_sha256_hex: &'a dyn Fn() -> Option<Vec<u8>>,
 }
 
 /// What was allowed, and on whose authority.
@@ -283,9 +284,9 @@ impl Guard {
     }
 
     /// The client certificate's `x5t#S256`, from Envoy's hex digest.
-    fn client_cert_x5t(head: &RequestHead) -> Option<String> {
-        let hex = head.client_cert_sha256_hex.as_deref()?;
-        decode_hex32(hex).map(|digest| b64url_encode(&digest))
+    fn client_cert_x5t(env: &Env<'_>) -> Option<String> {
+        let hex = (env.client_cert_sha256_hex)()?;
+        decode_hex32(&hex).map(|digest| b64url_encode(&digest))
     }
 
     /// Authenticates, binds and authorizes. `body` is the whole body for POST, `None` for
@@ -353,7 +354,8 @@ impl Guard {
             }
         };
 
-        let cert = Self::client_cert_x5t(head);
+        // Only a certificate-bound token looks at the certificate (binding::check).
+        let cert = claims.cnf.x5t_s256.as_ref().and_then(|_| Self::client_cert_x5t(env));
         let possession = match binding::check(
             self.config.binding,
             scheme,

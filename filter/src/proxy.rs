@@ -309,8 +309,14 @@ fn decide(shared: &SharedWorker, head: &RequestHead, body: Option<&[u8]>, may_fe
         tokens,
         replay_store: &mut store,
         replay_tag: tag,
+        client_cert_sha256_hex: &client_cert_sha256_hex,
     };
     guard.decide(head, body, &mut env)
+}
+
+/// The current stream's client certificate digest (a host call; see [`Env::client_cert_sha256_hex`]).
+fn client_cert_sha256_hex() -> Option<Vec<u8>> {
+    hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).ok().flatten().filter(|v| !v.is_empty())
 }
 
 /// A stat name segment from a tool name: policy tools only (bounded cardinality: a caller
@@ -611,10 +617,6 @@ impl GuardStream {
                 }
             }
         }
-        head.client_cert_sha256_hex = hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"])
-            .ok()
-            .flatten()
-            .filter(|v| !v.is_empty());
         Ok(head)
     }
 
