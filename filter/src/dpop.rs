@@ -153,9 +153,13 @@ pub fn verify_proof(
     if string_claim("htm")? != ctx.method {
         return Err(ProofError::MethodMismatch);
     }
-    let htu = AbsoluteUrl::parse_ignoring_query(string_claim("htu")?).map_err(|_| ProofError::BadClaim("htu"))?;
-    if &htu != ctx.htu {
-        return Err(ProofError::UriMismatch);
+    let htu = string_claim("htu")?;
+    // A client usually sends the normalised form itself: recognised without parsing.
+    if !ctx.htu.is_spelled_by(htu) {
+        let htu = AbsoluteUrl::parse_ignoring_query(htu).map_err(|_| ProofError::BadClaim("htu"))?;
+        if &htu != ctx.htu {
+            return Err(ProofError::UriMismatch);
+        }
     }
     let iat = match claims.get("iat") {
         None => return Err(ProofError::MissingClaim("iat")),

@@ -87,6 +87,16 @@ impl AbsoluteUrl {
         Ok(AbsoluteUrl { scheme: self.scheme.clone(), authority: self.authority.clone(), path: normalize_path(path)? })
     }
 
+    /// Whether `text` is this URL exactly as it is displayed (`scheme://authority/path`, no
+    /// query or fragment). Normalising is idempotent, so such a text parses to this URL: the
+    /// usual `htu` is recognised without parsing it (tested against the parse).
+    pub fn is_spelled_by(&self, text: &str) -> bool {
+        text.strip_prefix(self.scheme.as_str())
+            .and_then(|rest| rest.strip_prefix("://"))
+            .and_then(|rest| rest.strip_prefix(self.authority.as_str()))
+            .is_some_and(|path| path == self.path)
+    }
+
     pub fn scheme(&self) -> &str {
         &self.scheme
     }
@@ -260,6 +270,40 @@ mod tests {
         assert_ne!(norm("https://h/mcp"), norm("https://h:444/mcp"));
         assert_ne!(norm("https://h/mcp"), norm("https://h/mcp/"));
         assert_ne!(norm("https://h/a%2Fb"), norm("https://h/a/b"));
+    }
+
+    /// `is_spelled_by` says yes exactly for the displayed form, and that form parses back to the
+    /// same URL (normalising twice changes nothing), so the shortcut never accepts what the parse
+    /// would refuse or read differently.
+    #[test]
+    fn the_displayed_form_is_the_only_shortcut() {
+        let texts = [
+            "HTTPS://MCP.Example.COM:443/mcp",
+            "http://h:80/a",
+            "https://h:8443/a",
+            "https://h/%7euser/%2f%41",
+            "https://h/%2E%2E/a/%2e/b",
+            "https://h/a/./b/../c",
+            "https://h/a/b/..",
+            "https://h",
+            "https://h//a//",
+            "https://h/mcp?x=1#frag",
+            "https://[::1]:8443/x",
+            "https://h/a%2Fb/%25",
+        ];
+        for text in texts {
+            let url = AbsoluteUrl::parse_ignoring_query(text).unwrap();
+            let shown = url.to_string();
+            assert!(url.is_spelled_by(&shown), "{text}");
+            assert_eq!(AbsoluteUrl::parse_ignoring_query(&shown).unwrap(), url, "{text}: normalising is idempotent");
+            // Any other spelling takes the parse (which may still find it equal).
+            assert_eq!(url.is_spelled_by(text), text == shown, "{text}");
+            for other in [format!("{shown}?q"), format!("{shown}#f"), format!("{shown}/"), shown.to_uppercase(), shown.replace("://", ":/")] {
+                if other != shown {
+                    assert!(!url.is_spelled_by(&other), "{other}");
+                }
+            }
+        }
     }
 
     #[test]
