@@ -12,10 +12,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use serde_json::Value;
 
 use crate::config::DpopSettings;
-use crate::jose::{b64url_encode, sha256, Alg, CheckedJwk, CompactJws, JwkError, JwsError, KeyMaterial, LearningKey};
+use crate::jose::members::{Member, Members, MembersError};
+use crate::jose::{b64url_encode, sha256, Alg, CheckedJwk, DecodedJws, JwkError, JwsError, KeyMaterial, LearningKey};
 use crate::uri::AbsoluteUrl;
 
 /// Longest `jti` we remember; RFC 9449 suggests 96 bits of randomness, so this is generous.
@@ -100,50 +100,34 @@ pub fn verify_proof(
     settings: &DpopSettings,
     now: u64,
 ) -> Result<VerifiedProof, ProofError> {
-    let jws = CompactJws::split(proof).map_err(ProofError::Malformed)?;
-
-    let typ = jws.header_str("typ").unwrap_or("").to_ascii_lowercase();
-    if typ != "dpop+jwt" && typ != "application/dpop+jwt" {
-        return Err(ProofError::WrongType);
-    }
-    if jws.header.contains_key("crit") {
-        return Err(ProofError::CriticalHeader);
-    }
-    let alg_name = jws.header_str("alg").unwrap_or("");
-    let alg = Alg::parse(alg_name)
-        .filter(|a| settings.algorithms.contains(a))
-        .ok_or_else(|| ProofError::AlgorithmNotAllowed(alg_name.to_string()))?;
-    let jwk = match jws.header.get("jwk") {
-        Some(Value::Object(jwk)) => jwk,
-        Some(_) => return Err(ProofError::BadJwk("not a JSON object".into())),
-        None => return Err(ProofError::MissingJwk),
+    let jws = DecodedJws::split(proof).map_err(ProofError::Malformed)?;
+    // A client sends the same header (typ, alg, jwk) with every proof: one that verified a
+    // proof before, byte for byte, passed every header check then and names the key found
+    // again here (its alg still checked against the settings, which a new configuration may
+    // have changed). Any other header is read and checked in full.
+    let (alg, key, learned) = match PROOF_KEYS.with(|keys| keys.borrow_mut().by_header(jws.header_b64)) {
+        Some((alg, key)) if settings.algorithms.contains(&alg) => (alg, key, None),
+        _ => {
+            let (alg, key, id) = read_header(&jws, settings)?;
+            (alg, key, Some(id))
+        }
     };
-    let jwk_error = |e: JwkError| match e {
-        JwkError::PrivateMaterial => ProofError::PrivateKeyInJwk,
-        JwkError::Unsupported(why) | JwkError::Invalid(why) => ProofError::BadJwk(why),
-    };
-    let checked = CheckedJwk::read(jwk).map_err(jwk_error)?;
-    let id = checked.material_id();
-    let key = match PROOF_KEYS.with(|keys| keys.borrow_mut().get(&id)) {
-        Some(key) => key,
-        None => Arc::new(LearningKey::new(KeyMaterial::decode(&checked).map_err(jwk_error)?)),
-    };
-    if !checked.allows(alg) {
-        return Err(ProofError::JwkAlgorithmMismatch);
-    }
     if !key.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
         return Err(ProofError::BadSignature);
     }
-    PROOF_KEYS.with(|keys| keys.borrow_mut().verified(id, &key));
+    if let Some(id) = learned {
+        PROOF_KEYS.with(|keys| keys.borrow_mut().verified(id, jws.header_b64, alg, &key));
+    }
 
-    let claims = match serde_json::from_slice::<Value>(&jws.payload) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(ProofError::ClaimsNotJsonObject),
-    };
+    let claims = Members::parse(&jws.payload).map_err(|e| match e {
+        MembersError::NotAnObject => ProofError::ClaimsNotJsonObject,
+        MembersError::Duplicate => ProofError::Malformed(JwsError::DuplicateMember),
+        MembersError::TooMany => ProofError::Malformed(JwsError::TooManyMembers),
+    })?;
     let string_claim = |name: &'static str| match claims.get(name) {
-        None => Err(ProofError::MissingClaim(name)),
-        Some(Value::String(s)) => Ok(s.as_str()),
-        Some(_) => Err(ProofError::BadClaim(name)),
+        Member::Absent => Err(ProofError::MissingClaim(name)),
+        Member::Str(s) => Ok(s.as_ref()),
+        Member::Number(_) | Member::Object(_) | Member::Other => Err(ProofError::BadClaim(name)),
     };
 
     let jti = string_claim("jti")?;
@@ -162,12 +146,12 @@ pub fn verify_proof(
         }
     }
     let iat = match claims.get("iat") {
-        None => return Err(ProofError::MissingClaim("iat")),
-        Some(Value::Number(n)) => n
+        Member::Absent => return Err(ProofError::MissingClaim("iat")),
+        Member::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| (0.0..1e15).contains(f)).map(|f| f as u64))
             .ok_or(ProofError::BadClaim("iat"))?,
-        Some(_) => return Err(ProofError::BadClaim("iat")),
+        Member::Str(_) | Member::Object(_) | Member::Other => return Err(ProofError::BadClaim("iat")),
     };
     if iat > now.saturating_add(settings.clock_skew_seconds) {
         return Err(ProofError::IssuedInTheFuture);
@@ -190,6 +174,54 @@ pub fn verify_proof(
     })
 }
 
+/// Every check of a proof's header (RFC 9449 §4.3 steps 4–7): `typ`, no `crit`, an allowed
+/// `alg`, a public `jwk` that fits it. Gives the alg, the key (the cached one for the same
+/// material, else decoded) and the key's material id.
+fn read_header(jws: &DecodedJws<'_>, settings: &DpopSettings) -> Result<(Alg, Arc<LearningKey>, String), ProofError> {
+    let bytes = jws.header().map_err(ProofError::Malformed)?;
+    let header = Members::parse(&bytes).map_err(|e| match e {
+        MembersError::NotAnObject => ProofError::Malformed(JwsError::HeaderNotJsonObject),
+        MembersError::Duplicate => ProofError::Malformed(JwsError::DuplicateMember),
+        MembersError::TooMany => ProofError::Malformed(JwsError::TooManyMembers),
+    })?;
+    let typ_ok = match header.get("typ") {
+        Member::Str(typ) => typ.eq_ignore_ascii_case("dpop+jwt") || typ.eq_ignore_ascii_case("application/dpop+jwt"),
+        _ => false,
+    };
+    if !typ_ok {
+        return Err(ProofError::WrongType);
+    }
+    if header.get("crit") != &Member::Absent {
+        return Err(ProofError::CriticalHeader);
+    }
+    let alg_name = match header.get("alg") {
+        Member::Str(name) => name.as_ref(),
+        _ => "",
+    };
+    let alg = Alg::parse(alg_name)
+        .filter(|a| settings.algorithms.contains(a))
+        .ok_or_else(|| ProofError::AlgorithmNotAllowed(alg_name.to_string()))?;
+    let jwk = match header.get("jwk") {
+        Member::Object(jwk) => jwk,
+        Member::Absent => return Err(ProofError::MissingJwk),
+        _ => return Err(ProofError::BadJwk("not a JSON object".into())),
+    };
+    let jwk_error = |e: JwkError| match e {
+        JwkError::PrivateMaterial => ProofError::PrivateKeyInJwk,
+        JwkError::Unsupported(why) | JwkError::Invalid(why) => ProofError::BadJwk(why),
+    };
+    let checked = CheckedJwk::read(jwk).map_err(jwk_error)?;
+    let id = checked.material_id();
+    let key = match PROOF_KEYS.with(|keys| keys.borrow_mut().get(&id)) {
+        Some(key) => key,
+        None => Arc::new(LearningKey::new(KeyMaterial::decode(&checked).map_err(jwk_error)?)),
+    };
+    if !checked.allows(alg) {
+        return Err(ProofError::JwkAlgorithmMismatch);
+    }
+    Ok((alg, key, id))
+}
+
 /// Proof keys that verified a proof, per worker (a proxy-wasm VM runs one thread), by
 /// [`CheckedJwk::material_id`]. Bounded: the least recently used goes first. Each is a
 /// [`LearningKey`], precomputed once it verified a second proof, so a one-off key does not pay
@@ -202,6 +234,10 @@ pub struct ProofKeys {
 
 struct ProofKeyEntry {
     id: String,
+    /// The base64url header of the last proof that verified with this key, and its `alg`: a
+    /// proof with the same header needs no header checks.
+    header_b64: String,
+    alg: Alg,
     key: Arc<LearningKey>,
     last_used: u64,
 }
@@ -227,12 +263,25 @@ impl ProofKeys {
         Some(Arc::clone(&entry.key))
     }
 
-    /// Notes that `key` (material `id`) verified a proof: kept, or kept fresh.
-    pub fn verified(&mut self, id: String, key: &Arc<LearningKey>) {
+    /// The alg and key of the proof that last verified with exactly this base64url header.
+    pub fn by_header(&mut self, header_b64: &str) -> Option<(Alg, Arc<LearningKey>)> {
+        self.clock += 1;
+        let entry = self.entries.iter_mut().find(|e| e.header_b64 == header_b64)?;
+        entry.last_used = self.clock;
+        Some((entry.alg, Arc::clone(&entry.key)))
+    }
+
+    /// Notes that `key` (material `id`) verified a proof whose header (`header_b64`, naming
+    /// `alg`) passed every check: kept, or kept fresh.
+    pub fn verified(&mut self, id: String, header_b64: &str, alg: Alg, key: &Arc<LearningKey>) {
         self.clock += 1;
         let clock = self.clock;
         if let Some(entry) = self.entries.iter_mut().find(|e| e.id == id) {
             entry.last_used = clock;
+            if entry.header_b64 != header_b64 {
+                entry.header_b64 = header_b64.to_string();
+            }
+            entry.alg = alg;
             return;
         }
         if self.entries.len() >= self.capacity {
@@ -240,7 +289,7 @@ impl ProofKeys {
                 self.entries.swap_remove(oldest);
             }
         }
-        self.entries.push(ProofKeyEntry { id, key: Arc::clone(key), last_used: clock });
+        self.entries.push(ProofKeyEntry { id, header_b64: header_b64.to_string(), alg, key: Arc::clone(key), last_used: clock });
     }
 
     pub fn len(&self) -> usize {
@@ -277,7 +326,7 @@ mod tests {
 
     use super::*;
     use crate::testkit::{vectors, ProofSpec, TestKey};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const NOW: u64 = 1_800_000_000;
     const URL: &str = "https://mcp.example.com/mcp";
@@ -416,14 +465,15 @@ mod tests {
         let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk()).collect();
         let checked: Vec<_> = jwks.iter().map(|j| CheckedJwk::read(j).unwrap()).collect();
         let id = |i: usize| checked[i].material_id();
+        let header = |i: usize| format!("header-of-key-{i}");
         let mut cache = ProofKeys::new(2);
         // A proof of key i, verified as verify_proof does: the cached key or a new one, then kept.
         let prove = |cache: &mut ProofKeys, i: usize| {
             let key = cache.get(&id(i)).unwrap_or_else(|| Arc::new(LearningKey::new(KeyMaterial::decode(&checked[i]).unwrap())));
             let jws = keys[i].sign_jws(&json!({"typ": "dpop+jwt"}), &json!({"jti": i}));
-            let parts = CompactJws::split(&jws).unwrap();
+            let parts = DecodedJws::split(&jws).unwrap();
             assert!(key.verify(Alg::Es256, parts.signing_input.as_bytes(), &parts.signature));
-            cache.verified(id(i), &key);
+            cache.verified(id(i), &header(i), Alg::Es256, &key);
         };
         assert!(cache.get(&id(0)).is_none());
         prove(&mut cache, 0);
@@ -436,6 +486,83 @@ mod tests {
         prove(&mut cache, 2);
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&id(0)).is_some() && cache.get(&id(2)).is_some() && cache.get(&id(1)).is_none());
+        // Found by the header of the proof it verified too, and only by that exact header.
+        assert!(cache.by_header(&header(0)).is_some() && cache.by_header(&header(1)).is_none());
+        assert!(cache.by_header(&format!("{}A", header(0))).is_none());
+    }
+
+    /// A proof whose header is signed as given (the JSON text exactly), with these claims.
+    fn raw_proof(key: &TestKey, header: &str, claims: &str) -> String {
+        let input = format!("{}.{}", b64url_encode(header.as_bytes()), b64url_encode(claims.as_bytes()));
+        format!("{input}.{}", b64url_encode(&key.sign_bytes(input.as_bytes())))
+    }
+
+    /// A member named twice, in the header or in the claims, is refused, whichever value the
+    /// duplicate carries; the same proof without the duplicate passes.
+    #[test]
+    fn duplicate_members_are_refused() {
+        let key = TestKey::ed25519();
+        let jwk = serde_json::to_string(&key.public_jwk()).unwrap();
+        let header = |extra: &str| format!(r#"{{"typ":"dpop+jwt","alg":"EdDSA","jwk":{jwk}{extra}}}"#);
+        let claims = |jti: &str, extra: &str| {
+            format!(
+                r#"{{"jti":"{jti}","htm":"POST","htu":"{URL}","iat":{NOW},"ath":"{}"{extra}}}"#,
+                crate::testkit::ath(TOKEN)
+            )
+        };
+        assert!(run(&raw_proof(&key, &header(""), &claims("dup-0", "")), "POST", NOW).is_ok());
+        let duplicate = ProofError::Malformed(JwsError::DuplicateMember);
+        for (h, c) in [
+            (header(r#","alg":"EdDSA""#), claims("dup-1", "")),
+            (header(r#","typ":"dpop+jwt""#), claims("dup-2", "")),
+            (header(&format!(r#","jwk":{jwk}"#)), claims("dup-3", "")),
+            (header(""), claims("dup-4", r#","jti":"dup-4b""#)),
+            (header(""), claims("dup-5", r#","htu":"https://evil.example.com/mcp""#)),
+            (header(""), claims("dup-6", r#","i\u0061t":0"#)),
+        ] {
+            assert_eq!(run(&raw_proof(&key, &h, &c), "POST", NOW), Err(duplicate.clone()), "{h} {c}");
+        }
+    }
+
+    /// A header seen before is not read again; any other is read in full and finds the same
+    /// cached key for the same material: the key's JWK spelled another way (members reordered,
+    /// a `kid` added) verifies with the cached key, and a header that differs in what it allows
+    /// is checked in full. A configuration that no longer allows the alg refuses it even for a
+    /// header seen before.
+    #[test]
+    fn a_header_seen_before_skips_its_checks_and_any_other_is_read_in_full() {
+        let key = TestKey::es256();
+        let jwk = key.public_jwk();
+        let reordered: String = {
+            let mut members: Vec<(&String, &Value)> = jwk.iter().collect();
+            members.reverse();
+            let inner: Vec<String> = members.iter().map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v)).collect();
+            format!("{{{},\"kid\":\"k1\"}}", inner.join(","))
+        };
+        let header = |jwk_text: &str| format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk_text}}}"#);
+        let claims = |jti: &str| {
+            format!(r#"{{"jti":"{jti}","htm":"POST","htu":"{URL}","iat":{NOW},"ath":"{}"}}"#, crate::testkit::ath(TOKEN))
+        };
+        let plain = serde_json::to_string(&jwk).unwrap();
+        let first = run(&raw_proof(&key, &header(&plain), &claims("spell-1")), "POST", NOW).unwrap();
+        let second = run(&raw_proof(&key, &header(&reordered), &claims("spell-2")), "POST", NOW).unwrap();
+        assert_eq!((first.jkt.as_str(), second.jkt.as_str()), (key.thumbprint().as_str(), key.thumbprint().as_str()));
+        let id = CheckedJwk::read(&jwk).unwrap().material_id();
+        let cached = PROOF_KEYS.with(|k| k.borrow_mut().get(&id)).unwrap();
+        let seen = b64url_encode(header(&reordered).as_bytes());
+        assert_eq!(PROOF_KEYS.with(|k| k.borrow_mut().by_header(&seen)).map(|(_, k)| Arc::ptr_eq(&k, &cached)), Some(true));
+        let proof = raw_proof(&key, &header(&reordered), &claims("spell-5"));
+        let htu = AbsoluteUrl::parse(URL).unwrap();
+        let ctx = ProofContext { method: "POST", htu: &htu, access_token: TOKEN };
+        let ed_only = DpopSettings { algorithms: vec![Alg::Ed25519], ..DpopSettings::default() };
+        assert_eq!(verify_proof(&proof, &ctx, &ed_only, NOW), Err(ProofError::AlgorithmNotAllowed("ES256".into())));
+        assert!(run(&proof, "POST", NOW).is_ok());
+        // The cached text with a contradicting `alg` pinned is another text: read in full, refused.
+        let pinned = reordered.replacen('{', r#"{"alg":"EdDSA","#, 1);
+        assert!(matches!(run(&raw_proof(&key, &header(&pinned), &claims("spell-3")), "POST", NOW), Err(ProofError::BadJwk(_))));
+        // A private member added to the cached text: read in full, refused.
+        let private = reordered.replacen('{', r#"{"d":"AAAA","#, 1);
+        assert_eq!(run(&raw_proof(&key, &header(&private), &claims("spell-4")), "POST", NOW), Err(ProofError::PrivateKeyInJwk));
     }
 
     /// Many proofs of one key (the later ones verified with its precomputed table): each valid

@@ -17,6 +17,7 @@
 
 mod ec;
 mod ed25519;
+pub mod members;
 mod rsa;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,16 +55,19 @@ pub struct CompactJws<'a> {
     pub signature: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwsError {
-    TooLong,
-    NotThreeParts,
-    BadBase64,
-    HeaderNotJsonObject,
-    EmptySignature,
+/// A compact JWS split, its payload and signature decoded, its header left as sent (decode it
+/// with [`DecodedJws::header`], read it with [`members::Members`]); nothing in it is trusted yet.
+#[derive(Debug, Clone)]
+pub struct DecodedJws<'a> {
+    /// `header.payload`, the bytes the signature covers.
+    pub signing_input: &'a str,
+    /// The header's base64url text.
+    pub header_b64: &'a str,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
-impl<'a> CompactJws<'a> {
+impl<'a> DecodedJws<'a> {
     pub fn split(jws: &'a str) -> Result<Self, JwsError> {
         if jws.len() > MAX_JWS_LEN {
             return Err(JwsError::TooLong);
@@ -74,13 +78,38 @@ impl<'a> CompactJws<'a> {
             return Err(JwsError::NotThreeParts);
         };
         let signing_input = jws.get(..h.len() + 1 + p.len()).ok_or(JwsError::NotThreeParts)?;
-        let header_bytes = b64url_decode(h).ok_or(JwsError::BadBase64)?;
         let payload = b64url_decode(p).ok_or(JwsError::BadBase64)?;
         let signature = b64url_decode(s).ok_or(JwsError::BadBase64)?;
         if signature.is_empty() {
             return Err(JwsError::EmptySignature);
         }
-        let header = match serde_json::from_slice::<Value>(&header_bytes) {
+        Ok(DecodedJws { signing_input, header_b64: h, payload, signature })
+    }
+
+    pub fn header(&self) -> Result<Vec<u8>, JwsError> {
+        b64url_decode(self.header_b64).ok_or(JwsError::BadBase64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwsError {
+    TooLong,
+    NotThreeParts,
+    BadBase64,
+    HeaderNotJsonObject,
+    EmptySignature,
+    /// The header or the claims name a member twice (see [`members`]).
+    DuplicateMember,
+    /// The header or the claims have more than [`members::MAX_MEMBERS`] members.
+    TooManyMembers,
+}
+
+impl<'a> CompactJws<'a> {
+    pub fn split(jws: &'a str) -> Result<Self, JwsError> {
+        let decoded = DecodedJws::split(jws)?;
+        let header = decoded.header()?;
+        let DecodedJws { signing_input, payload, signature, .. } = decoded;
+        let header = match serde_json::from_slice::<Value>(&header) {
             Ok(Value::Object(map)) => map,
             _ => return Err(JwsError::HeaderNotJsonObject),
         };
