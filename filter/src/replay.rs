@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-use crate::jose::sha256;
 
 /// Records per bucket.
 pub const WAYS: usize = 8;
@@ -92,11 +91,11 @@ impl ReplayCache {
     /// The digest a proof is remembered by: its key's thumbprint and its `jti`, so two clients
     /// that happen to pick the same `jti` do not collide.
     pub fn digest(jkt: &str, jti: &str) -> [u8; 16] {
-        let mut input = Vec::with_capacity(jkt.len() + jti.len() + 1);
-        input.extend_from_slice(jkt.as_bytes());
-        input.push(0);
-        input.extend_from_slice(jti.as_bytes());
-        let full = sha256(&input);
+        let mut hasher = hmac_sha256::Hash::new();
+        hasher.update(jkt.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(jti.as_bytes());
+        let full = hasher.finalize();
         let mut digest = [0u8; 16];
         digest.copy_from_slice(full.get(..16).unwrap_or(&[0u8; 16]));
         digest
@@ -194,6 +193,15 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    /// The digest is the first half of SHA-256(jkt, a zero byte, jti): the separator keeps
+    /// ("ab", "c") and ("a", "bc") apart.
+    #[test]
+    fn digest_is_sha256_of_jkt_zero_jti() {
+        let full = crate::jose::sha256(b"jkt-1\0jti-1");
+        assert_eq!(ReplayCache::digest("jkt-1", "jti-1").as_slice(), &full[..16]);
+        assert_ne!(ReplayCache::digest("ab", "c"), ReplayCache::digest("a", "bc"));
+    }
 
     #[test]
     fn a_proof_is_accepted_once_within_its_window() {

@@ -98,7 +98,8 @@ impl<'de> Visitor<'de> for MembersVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut members: Self::Value = Vec::new();
+        // A proof's header has three members, its claims five: one allocation for either.
+        let mut members: Self::Value = Vec::with_capacity(8);
         while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
             if members.len() >= MAX_MEMBERS {
                 self.refusal.set(MembersError::TooMany);
