@@ -104,7 +104,7 @@ pub fn events(head: &RequestHead, decision: &Decision, now: u64) -> Vec<Value> {
         Decision::Allow(a) => (true, 0, "allowed", (Some(&a.claims), Some(&a.possession), &a.messages, &a.required_scopes)),
         Decision::Deny { denial, reply, facts } => {
             let crate::guard::Facts { claims, possession, messages, required_scopes } = &**facts;
-            (false, reply.status, denial.code(), (claims.as_ref(), possession.as_ref(), messages, required_scopes))
+            (false, reply.status, denial.code(), (claims.as_deref(), possession.as_ref(), messages, required_scopes))
         }
         Decision::NeedKeys { .. } => return Vec::new(),
     };
@@ -510,7 +510,7 @@ mod tests {
             ] {
                 for count in [0, 1, messages.len()] {
                     let allowed = Decision::Allow(Box::new(Allowed {
-                        claims: claims.clone(),
+                        claims: std::sync::Arc::new(claims.clone()),
                         scheme: Scheme::Dpop,
                         possession: possession.clone(),
                         messages: messages[..count].to_vec(),

@@ -9,6 +9,8 @@
 //! caller without credentials learns nothing about the body's treatment.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 use crate::answer::{self, LocalReply};
 use crate::binding::{self, Possession, Scheme};
 use crate::config::Config;
@@ -76,7 +78,8 @@ pub struct Env<'a> {
 /// What was allowed, and on whose authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    pub claims: AccessClaims,
+    /// Shared with the token cache.
+    pub claims: Arc<AccessClaims>,
     pub scheme: Scheme,
     pub possession: Possession,
     /// The JSON-RPC messages of a POST (empty for GET/DELETE).
@@ -87,8 +90,8 @@ pub struct Allowed {
 /// What was learned about a request before it was refused, for the record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// The token's claims, when it verified.
-    pub claims: Option<AccessClaims>,
+    /// The token's claims, when it verified (shared with the token cache).
+    pub claims: Option<Arc<AccessClaims>>,
     pub possession: Option<Possession>,
     /// The JSON-RPC messages, when the body decoded.
     pub messages: Vec<mcp::Message>,
@@ -323,8 +326,9 @@ impl Guard {
             Err(TokenOutcome::NeedKeys(kid)) => return Decision::NeedKeys { unknown_kid: kid },
             Err(TokenOutcome::Denied(denial)) => return self.refuse(denial, Some(scheme), id, facts),
         };
+        let shared_claims = token.shared_claims();
         let claims = token.claims();
-        facts.claims = Some(claims.clone());
+        facts.claims = Some(Arc::clone(&shared_claims));
 
         let proof = match scheme {
             Scheme::Bearer => None,
@@ -403,7 +407,7 @@ impl Guard {
         }
 
         Decision::Allow(Box::new(Allowed {
-            claims: claims.clone(),
+            claims: shared_claims,
             scheme,
             possession,
             messages,

@@ -396,7 +396,7 @@ fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision, now: u
             }
             let chain: Vec<String> = match decision {
                 Decision::Allow(a) => audit::delegation_names(&a.claims),
-                Decision::Deny { facts, .. } => facts.claims.as_ref().map(audit::delegation_names).unwrap_or_default(),
+                Decision::Deny { facts, .. } => facts.claims.as_deref().map(audit::delegation_names).unwrap_or_default(),
                 Decision::NeedKeys { .. } => Vec::new(),
             };
             if !chain.is_empty() {

@@ -137,6 +137,11 @@ impl VerifiedToken {
     pub fn claims(&self) -> &AccessClaims {
         &self.claims
     }
+
+    /// The claims, shared (the token cache's copy: no clone of their strings per request).
+    pub fn shared_claims(&self) -> Arc<AccessClaims> {
+        Arc::clone(&self.claims)
+    }
 }
 
 /// A parsed, unverified access token.
