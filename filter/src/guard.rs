@@ -326,9 +326,8 @@ impl Guard {
             Err(TokenOutcome::NeedKeys(kid)) => return Decision::NeedKeys { unknown_kid: kid },
             Err(TokenOutcome::Denied(denial)) => return self.refuse(denial, Some(scheme), id, facts),
         };
-        let shared_claims = token.shared_claims();
-        let claims = token.claims();
-        facts.claims = Some(Arc::clone(&shared_claims));
+        let claims = token.shared_claims();
+        facts.claims = Some(Arc::clone(&claims));
 
         let proof = match scheme {
             Scheme::Bearer => None,
@@ -407,7 +406,7 @@ impl Guard {
         }
 
         Decision::Allow(Box::new(Allowed {
-            claims: shared_claims,
+            claims,
             scheme,
             possession,
             messages,
