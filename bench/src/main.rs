@@ -651,6 +651,13 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             load::write(&path, &load::wrk_script(&ctx.body, headers, list.as_ref()))?;
             Ok(Gen::Wrk { script: path, list })
         };
+    // The tokens of 3, one per request, in file order.
+    let token_list = || List {
+        file: tokens_file.clone(),
+        header: "Authorization",
+        prefix: "Bearer ",
+        wrap: true,
+    };
     let proof_list = |name: &str| List {
         file: dir.join(format!("proofs-{name}.txt")),
         header: "DPoP",
@@ -705,16 +712,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
                 cache: false,
             },
             false,
-            script(
-                "3",
-                &[],
-                Some(List {
-                    file: tokens_file.clone(),
-                    header: "Authorization",
-                    prefix: "Bearer ",
-                    wrap: true,
-                }),
-            )?,
+            script("3", &[], Some(token_list()))?,
             Check::JwtAuthn { cached: false },
             None,
         ),
@@ -734,16 +732,7 @@ fn envoy_section(root: &Path, dir: &Path, wasm: &Path, wasm_bytes: u64) -> Resul
             false,
             // The tokens of 3, in the same order: each request misses the token cache (10,000
             // entries, 200,000 tokens) and verifies a signature, as jwt_authn uncached does.
-            script(
-                "4t",
-                &[],
-                Some(List {
-                    file: tokens_file.clone(),
-                    header: "Authorization",
-                    prefix: "Bearer ",
-                    wrap: true,
-                }),
-            )?,
+            script("4t", &[], Some(token_list()))?,
             Check::Guard,
             None,
         ),

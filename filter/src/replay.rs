@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-
 /// Records per bucket.
 pub const WAYS: usize = 8;
 const RECORD: usize = 16 + 8 + 4;

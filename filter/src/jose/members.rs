@@ -100,7 +100,11 @@ impl<'de> Visitor<'de> for MembersVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // A proof's header has three members, its claims five: one allocation for either.
         let mut members: Self::Value = Vec::with_capacity(8);
-        while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
+        // A JSON member name is a string: read as a value, it is always `Member::Str`.
+        while let Some(key) = map.next_key::<Member<'de>>()? {
+            let Member::Str(name) = key else {
+                return Err(de::Error::custom("member name is not a string"));
+            };
             if members.len() >= MAX_MEMBERS {
                 self.refusal.set(MembersError::TooMany);
                 return Err(de::Error::custom("too many members"));
@@ -160,53 +164,6 @@ impl<'de> Visitor<'de> for MemberVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Member<'de>, A::Error> {
         Map::deserialize(MapAccessDeserializer::new(map)).map(Member::Object)
-    }
-}
-
-/// A JSON string, borrowed from the input when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-            // JSON member names are strings; anything else is refused (see MembersVisitor).
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'de>, E> {
-                not_expected()
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
-                not_expected()
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
-                not_expected()
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
-                not_expected()
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Text<'de>, E> {
-                not_expected()
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Text<'de>, A::Error> {
-                not_expected()
-            }
-            fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Text<'de>, A::Error> {
-                not_expected()
-            }
-        }
-        deserializer.deserialize_any(TextVisitor)
     }
 }
 
