@@ -6,6 +6,8 @@
 //! reason, and the scopes the call needed. Never the token, the proof or a signature.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
+
 #[cfg(any(test, feature = "testkit"))]
 use serde_json::{json, Map};
 use serde_json::Value;
@@ -367,29 +369,54 @@ fn escape_into(out: &mut String, value: &str) {
 }
 
 /// Makes a claim value safe as a header value: printable ASCII, everything else (and `%`)
-/// percent-encoded, so a claim can never inject a header line.
-pub fn header_safe(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+/// percent-encoded, so a claim can never inject a header line. A value that is safe already (the
+/// usual case) is passed on as it is, without a copy.
+pub fn header_safe(value: Cow<'_, str>) -> Cow<'_, str> {
+    let safe = |b: u8| (0x20..0x7F).contains(&b) && b != b'%';
+    if value.bytes().all(safe) {
+        return value;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(value.len() + 16);
     for b in value.bytes() {
-        if (0x20..0x7F).contains(&b) && b != b'%' {
+        if safe(b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+            out.push(char::from(HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0')));
         }
     }
-    out
+    Cow::Owned(out)
 }
 
-/// What the upstream must not see, and the verified identity it gets instead.
+/// The identity headers an allowed request carries upstream, all in [`IDENTITY_HEADER_PREFIX`].
+pub const SUBJECT_HEADER: &str = "x-mcp-guard-subject";
+pub const AGENT_HEADER: &str = "x-mcp-guard-agent";
+pub const DELEGATION_HEADER: &str = "x-mcp-guard-delegation";
+pub const ISSUER_HEADER: &str = "x-mcp-guard-issuer";
+pub const SCOPES_HEADER: &str = "x-mcp-guard-scopes";
+pub const BINDING_HEADER: &str = "x-mcp-guard-binding";
+pub const KEY_HEADER: &str = "x-mcp-guard-key";
+pub const TOOL_HEADER: &str = "x-mcp-guard-tool";
+
+/// What the upstream must not see, and the verified identity it gets instead. Names and values
+/// borrow from the request and the claims where they can: one allowed request, no copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderEdits {
+pub struct HeaderEdits<'a> {
     /// Header names to remove: the credentials, and every client-sent header of our namespace.
-    pub remove: Vec<String>,
-    pub set: Vec<(String, String)>,
+    pub remove: Vec<&'a str>,
+    pub set: Vec<(&'static str, Cow<'a, str>)>,
 }
 
 /// The header changes for an allowed request.
-pub fn upstream_headers(config: &Config, head: &RequestHead, claims: &AccessClaims, possession: &Possession, messages: &[Message]) -> HeaderEdits {
+pub fn upstream_headers<'a>(
+    config: &Config,
+    head: &'a RequestHead,
+    claims: &'a AccessClaims,
+    possession: &'a Possession,
+    messages: &'a [Message],
+) -> HeaderEdits<'a> {
     let mut remove = Vec::new();
     if !config.forward_token {
         // MCP authorization spec: the server must not receive (or pass on) the client's token.
@@ -397,7 +424,7 @@ pub fn upstream_headers(config: &Config, head: &RequestHead, claims: &AccessClai
         // remove (and each removal is a host call).
         for credential in ["authorization", "dpop"] {
             if head.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(credential)) {
-                remove.push(credential.to_string());
+                remove.push(credential);
             }
         }
     }
@@ -406,44 +433,53 @@ pub fn upstream_headers(config: &Config, head: &RequestHead, claims: &AccessClai
         head.headers
             .iter()
             .filter(|(k, _)| k.get(..IDENTITY_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX)))
-            .map(|(k, _)| k.clone()),
+            .map(|(k, _)| k.as_str()),
     );
-    let mut set = Vec::new();
-    let mut put = |name: &str, value: String| {
-        let mut header = String::with_capacity(IDENTITY_HEADER_PREFIX.len() + name.len());
-        header.push_str(IDENTITY_HEADER_PREFIX);
-        header.push_str(name);
-        set.push((header, header_safe(&value)));
-    };
+    let mut set = Vec::with_capacity(8);
+    let mut put = |name: &'static str, value: Cow<'a, str>| set.push((name, header_safe(value)));
     if let Some(sub) = &claims.subject {
-        put("subject", sub.clone());
+        put(SUBJECT_HEADER, Cow::Borrowed(sub));
     }
     if let Some(agent) = &claims.client_id {
-        put("agent", agent.clone());
+        put(AGENT_HEADER, Cow::Borrowed(agent));
     }
     let chain = delegation_names(claims);
     if !chain.is_empty() {
-        put("delegation", chain.join(","));
+        put(DELEGATION_HEADER, Cow::Owned(chain.join(",")));
     }
-    put("issuer", claims.issuer.clone());
-    put("scopes", claims.scopes.join(" "));
+    put(ISSUER_HEADER, Cow::Borrowed(&claims.issuer));
+    put(SCOPES_HEADER, joined(claims.scopes.iter().map(String::as_str), " "));
     if let Some(binding) = binding_name(possession) {
-        put("binding", binding.to_string());
+        put(BINDING_HEADER, Cow::Borrowed(binding));
     }
     if let Some(key) = possession.dpop_jkt.as_ref().or(possession.mtls_x5t.as_ref()) {
-        put("key", key.clone());
+        put(KEY_HEADER, Cow::Borrowed(key));
     }
-    let tools: Vec<&str> = messages
-        .iter()
-        .filter_map(|m| match m {
-            Message::Call { target: Target::Tool(name), .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !tools.is_empty() {
-        put("tool", tools.join(","));
+    let mut tools = messages.iter().filter_map(|m| match m {
+        Message::Call { target: Target::Tool(name), .. } => Some(name.as_str()),
+        _ => None,
+    });
+    if tools.clone().next().is_some() {
+        put(TOOL_HEADER, joined(&mut tools, ","));
     }
     HeaderEdits { remove, set }
+}
+
+/// The items joined by `separator`; one item is borrowed as it is.
+fn joined<'a>(mut items: impl Iterator<Item = &'a str>, separator: &str) -> Cow<'a, str> {
+    let Some(first) = items.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = items.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = String::with_capacity(first.len() + separator.len() + second.len());
+    out.push_str(first);
+    for item in std::iter::once(second).chain(items) {
+        out.push_str(separator);
+        out.push_str(item);
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -525,8 +561,27 @@ mod tests {
 
     #[test]
     fn header_values_cannot_inject_lines() {
-        assert_eq!(header_safe("alice"), "alice");
-        assert_eq!(header_safe("a\r\nx-evil: 1"), "a%0D%0Ax-evil: 1");
-        assert_eq!(header_safe("100%é"), "100%25%C3%A9");
+        let safe = |text: &str| header_safe(Cow::Borrowed(text)).into_owned();
+        assert!(matches!(header_safe(Cow::Borrowed("alice")), Cow::Borrowed("alice")));
+        assert_eq!(safe("a\r\nx-evil: 1"), "a%0D%0Ax-evil: 1");
+        assert_eq!(safe("100%é"), "100%25%C3%A9");
+        assert_eq!(safe("\u{7f}\u{0}~ "), "%7F%00~ ");
+    }
+
+    #[test]
+    fn identity_headers_are_in_our_namespace() {
+        let names =
+            [SUBJECT_HEADER, AGENT_HEADER, DELEGATION_HEADER, ISSUER_HEADER, SCOPES_HEADER, BINDING_HEADER, KEY_HEADER, TOOL_HEADER];
+        for name in names {
+            assert!(name.starts_with(IDENTITY_HEADER_PREFIX), "{name}");
+            assert_eq!(name, name.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn joined_borrows_one_item_and_joins_more() {
+        assert!(matches!(joined(["a"].into_iter(), ","), Cow::Borrowed("a")));
+        assert_eq!(joined(["a", "b", "c"].into_iter(), ","), "a,b,c");
+        assert_eq!(joined(std::iter::empty(), " "), "");
     }
 }

@@ -310,10 +310,17 @@ impl Guard {
             None => None,
         };
         let id = rpc_id.as_ref();
+        // The messages stay in `facts` (every refusal reports them) until an allowed request
+        // takes them.
         let mut facts = Facts::default();
-        if let Some(Ok(body)) = &decoded {
-            facts.messages = body.messages.clone();
-        }
+        let malformed = match decoded {
+            Some(Ok(body)) => {
+                facts.messages = body.messages;
+                None
+            }
+            Some(Err(malformed)) => Some(malformed),
+            None => None,
+        };
 
         let (scheme, raw_token) = match self.credentials(head) {
             Ok(Credentials::Token(scheme, token)) => (scheme, token),
@@ -369,39 +376,40 @@ impl Guard {
             Ok(p) => p,
             Err(e) => return self.refuse(Denial::Binding(e), Some(scheme), id, facts),
         };
-        facts.possession = Some(possession.clone());
+        // A refusal from here on reports the possession (a copy); an allowed request takes it.
+        let with_possession = |facts: Facts| Facts { possession: Some(possession.clone()), ..facts };
 
         if let Some(proof) = &proof {
             let digest = ReplayCache::digest(&proof.jkt, &proof.jti);
             match self.replay.check_and_remember(env.replay_store, digest, proof.remember_until, env.now, env.replay_tag) {
                 Ok(()) => {}
-                Err(ReplayError::Replayed) => return self.refuse(Denial::Replay, Some(scheme), id, facts),
-                Err(ReplayError::Unavailable) => return self.refuse(Denial::ReplayCacheUnavailable, Some(scheme), id, facts),
+                Err(ReplayError::Replayed) => return self.refuse(Denial::Replay, Some(scheme), id, with_possession(facts)),
+                Err(ReplayError::Unavailable) => {
+                    return self.refuse(Denial::ReplayCacheUnavailable, Some(scheme), id, with_possession(facts))
+                }
             }
         }
 
-        let messages = match decoded {
-            None => Vec::new(),
-            Some(Ok(body)) => body.messages,
-            Some(Err(malformed)) => return self.refuse(Denial::Malformed(malformed.error), Some(scheme), id, facts),
-        };
-        if let Err(denial) = routing_headers_agree(head, &messages) {
-            return self.refuse(denial, Some(scheme), id, facts);
+        if let Some(malformed) = malformed {
+            return self.refuse(Denial::Malformed(malformed.error), Some(scheme), id, with_possession(facts));
+        }
+        if let Err(denial) = routing_headers_agree(head, &facts.messages) {
+            return self.refuse(denial, Some(scheme), id, with_possession(facts));
         }
 
         let mut required: Vec<String> = Vec::new();
-        for message in &messages {
+        for message in &facts.messages {
             match self.config.policy.required_scopes(message) {
                 Ok(scopes) => required.extend(scopes),
                 Err(crate::policy::Forbidden::ToolNotListed(tool)) => {
-                    return self.refuse(Denial::ToolNotAllowed(tool), Some(scheme), id, facts)
+                    return self.refuse(Denial::ToolNotAllowed(tool), Some(scheme), id, with_possession(facts))
                 }
             }
         }
         required.sort();
         required.dedup();
-        facts.required_scopes = required.clone();
         if required.iter().any(|s| !claims.has_scope(s)) {
+            let facts = Facts { required_scopes: required.clone(), ..with_possession(facts) };
             return self.refuse(Denial::InsufficientScope { required }, Some(scheme), id, facts);
         }
 
@@ -409,7 +417,7 @@ impl Guard {
             claims,
             scheme,
             possession,
-            messages,
+            messages: facts.messages,
             required_scopes: required,
         }))
     }

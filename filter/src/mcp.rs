@@ -19,6 +19,7 @@
 //! resource, and the id (to echo in an error reply).
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -261,19 +262,20 @@ pub fn is_json_content_type(value: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Parse level: bytes to an unambiguous tree.
 
-/// The parsed document. Strings and keys are serde_json's unescaping. Integers are those
+/// The parsed document. Strings and keys are serde_json's unescaping, borrowed from the body
+/// when they hold no escape (most do: no copy), owned when unescaping changed them. Integers are those
 /// serde_json reads as `i64`/`u64`; null, booleans and floats (including `-0`, which serde_json
 /// reads as the float `-0.0`) are not needed by anything here and are kept as `Other`.
 #[derive(Debug)]
-enum Json {
+enum Json<'b> {
     Other,
     Int(i128),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(BTreeMap<String, Json>),
+    Str(Cow<'b, str>),
+    Arr(Vec<Json<'b>>),
+    Obj(BTreeMap<Cow<'b, str>, Json<'b>>),
 }
 
-fn parse(body: &[u8]) -> Result<Json, DecodeError> {
+fn parse(body: &[u8]) -> Result<Json<'_>, DecodeError> {
     // JSON whitespace, exactly the four bytes serde_json skips.
     if body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         return Err(DecodeError::Empty);
@@ -314,49 +316,53 @@ impl Node<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for Node<'_> {
-    type Value = Json;
+    type Value = Json<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json<'de>, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Node<'_> {
-    type Value = Json;
+    type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
         Ok(Json::Other)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Json, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Json<'de>, E> {
         Ok(Json::Other)
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json<'de>, E> {
         Ok(Json::Int(i128::from(v)))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json<'de>, E> {
         Ok(Json::Int(i128::from(v)))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Json, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Json<'de>, E> {
         Ok(Json::Other)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
-        Ok(Json::Str(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Borrowed(v)))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
-        Ok(Json::Str(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v.to_owned())))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Json, A::Error> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Json<'de>, A::Error> {
         let depth = self.depth.saturating_add(1);
         if depth > MAX_DEPTH {
             return Err(self.refuse(DecodeError::TooDeep));
@@ -368,14 +374,14 @@ impl<'de> Visitor<'de> for Node<'_> {
         Ok(Json::Arr(elements))
     }
 
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Json, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Json<'de>, A::Error> {
         let depth = self.depth.saturating_add(1);
         if depth > MAX_DEPTH {
             return Err(self.refuse(DecodeError::TooDeep));
         }
         let mut members = BTreeMap::new();
         // Keys go through serde_json's string deserializer: unescaped, surrogates checked.
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             match members.entry(key) {
                 Entry::Occupied(taken) => {
                     let excerpt = taken.key().chars().take(KEY_EXCERPT_CHARS).collect();
@@ -387,6 +393,38 @@ impl<'de> Visitor<'de> for Node<'_> {
             }
         }
         Ok(Json::Obj(members))
+    }
+}
+
+/// A member name: a string, as serde_json reads every key (unescaped, surrogates checked),
+/// borrowed from the body when it holds no escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -450,7 +488,7 @@ fn check_integer_literal(literal: Option<&str>) -> Result<(), DecodeError> {
 
 type Refusal = (DecodeError, Option<RpcId>);
 
-fn message(members: &BTreeMap<String, Json>) -> Result<Message, Refusal> {
+fn message(members: &BTreeMap<Cow<'_, str>, Json<'_>>) -> Result<Message, Refusal> {
     let id = match members.get("id") {
         None => None,
         Some(value) => Some(rpc_id(value).ok_or((DecodeError::BadId, None))?),
@@ -476,7 +514,7 @@ fn message(members: &BTreeMap<String, Json>) -> Result<Message, Refusal> {
                 Some(_) => return Err(refuse(DecodeError::ParamsNotObject)),
             };
             let target = target(method, params).map_err(refuse)?;
-            Ok(Message::Call { id: id.clone(), method: method.clone(), target })
+            Ok(Message::Call { id: id.clone(), method: method.to_string(), target })
         }
         Some(_) => Err(refuse(DecodeError::MethodNotString)),
         None => {
@@ -492,19 +530,19 @@ fn message(members: &BTreeMap<String, Json>) -> Result<Message, Refusal> {
 }
 
 /// The id as canonical JSON text, when it is a string or an integer.
-fn rpc_id(value: &Json) -> Option<RpcId> {
+fn rpc_id(value: &Json<'_>) -> Option<RpcId> {
     match value {
-        Json::Str(s) => serde_json::to_string(s).ok().map(RpcId),
+        Json::Str(s) => serde_json::to_string(s.as_ref()).ok().map(RpcId),
         Json::Int(n) => Some(RpcId(n.to_string())),
         Json::Other | Json::Arr(_) | Json::Obj(_) => None,
     }
 }
 
-fn target(method: &str, params: Option<&BTreeMap<String, Json>>) -> Result<Target, DecodeError> {
+fn target(method: &str, params: Option<&BTreeMap<Cow<'_, str>, Json<'_>>>) -> Result<Target, DecodeError> {
     let member = |key: &str, missing: DecodeError, not_string: DecodeError| -> Result<String, DecodeError> {
         match params.and_then(|p| p.get(key)) {
             None => Err(missing),
-            Some(Json::Str(s)) => Ok(s.clone()),
+            Some(Json::Str(s)) => Ok(s.to_string()),
             Some(_) => Err(not_string),
         }
     };

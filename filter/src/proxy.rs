@@ -99,23 +99,49 @@ struct Waiter {
     body: Option<Vec<u8>>,
 }
 
-/// Counters in Envoy's stats (`wasmcustom.mcp_guard.*`).
+/// Counters in Envoy's stats (`wasmcustom.mcp_guard.*`), each defined on first use.
 #[derive(Default)]
 struct Metrics {
     ids: HashMap<String, u32>,
+    /// Per tool of the policy (or `_unlisted`): the ids of its `allowed` and `denied` counters,
+    /// found by the tool's name as the request spelled it, so a decision builds no stat name.
+    tool_ids: HashMap<String, [Option<u32>; 2]>,
 }
 
 impl Metrics {
     fn increment(&mut self, name: &str) {
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, name) {
-                Ok(id) => {
-                    self.ids.insert(name.to_string(), id);
-                    id
+        if let Some(id) = self.id(name) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn id(&mut self, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    /// `mcp_guard.tool.<tool>.<verdict>`; tools outside the policy all count as `_unlisted`.
+    fn increment_tool(&mut self, guard: &Guard, tool: &str, denied: bool) {
+        let key = if guard.config.policy.tools.contains_key(tool) { tool } else { UNLISTED_TOOL_STAT };
+        let slot = usize::from(denied);
+        let known = self.tool_ids.get(key).and_then(|ids| ids.get(slot).copied().flatten());
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let verdict = if denied { "denied" } else { "allowed" };
+                let Some(id) = self.id(&format!("mcp_guard.tool.{}.{verdict}", tool_stat(key))) else {
+                    return;
+                };
+                let ids = self.tool_ids.entry(key.to_string()).or_default();
+                if let Some(entry) = ids.get_mut(slot) {
+                    *entry = Some(id);
                 }
-                Err(_) => return,
-            },
+                id
+            }
         };
         let _ = hostcalls::increment_metric(id, 1);
     }
@@ -319,39 +345,37 @@ fn client_cert_sha256_hex() -> Option<Vec<u8>> {
     hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).ok().flatten().filter(|v| !v.is_empty())
 }
 
-/// A stat name segment from a tool name: policy tools only (bounded cardinality: a caller
-/// cannot mint stats by inventing tool names), characters outside [A-Za-z0-9_-] as `_`.
-fn tool_stat(guard: &Guard, tool: &str) -> String {
-    if guard.config.policy.tools.contains_key(tool) {
-        tool.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
-    } else {
-        "_unlisted".to_string()
-    }
+/// The stat name segment of every tool outside the policy (bounded cardinality: a caller
+/// cannot mint stats by inventing tool names).
+const UNLISTED_TOOL_STAT: &str = "_unlisted";
+
+/// A stat name segment from a policy tool's name: characters outside [A-Za-z0-9_-] as `_`.
+fn tool_stat(tool: &str) -> String {
+    tool.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
 /// Stats, audit lines and access-log facts for a decision, in the current stream context.
 fn record(shared: &SharedWorker, head: &RequestHead, decision: &Decision, now: u64) {
     let mut w = shared.borrow_mut();
     let guard = w.guard.clone();
-    let (verdict, messages) = match decision {
-        Decision::Allow(a) => ("allowed", a.messages.as_slice()),
+    let (denied, messages) = match decision {
+        Decision::Allow(a) => (false, a.messages.as_slice()),
         Decision::Deny { denial, facts, .. } => {
             w.metrics.increment(&format!("mcp_guard.denied.{}", denial.code()));
-            ("denied", facts.messages.as_slice())
+            (true, facts.messages.as_slice())
         }
         Decision::NeedKeys { .. } => return,
     };
-    w.metrics.increment(&format!("mcp_guard.{verdict}"));
+    w.metrics.increment(if denied { "mcp_guard.denied" } else { "mcp_guard.allowed" });
     if let Some(guard) = &guard {
         for message in messages {
             if let crate::mcp::Message::Call { target: crate::mcp::Target::Tool(tool), .. } = message {
-                w.metrics.increment(&format!("mcp_guard.tool.{}.{verdict}", tool_stat(guard, tool)));
+                w.metrics.increment_tool(guard, tool, denied);
             }
         }
     }
     drop(w);
     let settings = guard.as_ref().map(|g| g.config.audit).unwrap_or_default();
-    let denied = matches!(decision, Decision::Deny { .. });
     let log_line = match settings.log {
         AuditLog::All => true,
         AuditLog::Denied => denied,
