@@ -336,6 +336,15 @@ fn read_delegation(claims: &Map<String, Value>) -> Result<Vec<Actor>, TokenError
     Ok(chain)
 }
 
+/// Whether two slices of one length hold the same bytes, reading all of them whatever they
+/// hold (eight at a time: the token is compared on every request).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_words.remainder().iter().zip(b_words.remainder()).fold(0u64, |acc, (x, y)| acc | u64::from(x ^ y));
+    a.len() == b.len() && a_words.zip(b_words).fold(tail, |acc, (x, y)| acc | (word(x) ^ word(y))) == 0
+}
+
 /// Verified tokens of one worker, by SHA-256 of the token text, until their `exp`. Bounded:
 /// when full, the oldest entry goes first.
 #[derive(Debug)]
@@ -373,7 +382,7 @@ impl TokenCache {
     pub fn key_of(&mut self, raw_token: &str) -> [u8; 32] {
         let raw = raw_token.as_bytes();
         if let Some((last, key)) = &self.last {
-            if last.len() == raw.len() && last.iter().zip(raw).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
+            if last.len() == raw.len() && same_bytes(last, raw) {
                 return *key;
             }
         }
@@ -441,6 +450,22 @@ mod tests {
     use serde_json::json;
 
     const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn same_bytes_sees_a_difference_in_any_byte_of_any_length() {
+        for len in [0usize, 1, 7, 8, 9, 16, 23, 600] {
+            let a: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()), "{len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!same_bytes(&a, &b), "{len} {at}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!same_bytes(&a, &longer), "{len}");
+        }
+    }
 
     fn setup(key: TestKey) -> (TestIssuer, KeySet) {
         let issuer = TestIssuer::new(key);
