@@ -404,7 +404,7 @@ pub const KEY_HEADER: &str = "x-mcp-guard-key";
 pub const TOOL_HEADER: &str = "x-mcp-guard-tool";
 
 /// What the upstream must not see, and the verified identity it gets instead. Names and values
-/// borrow from the request and the claims where they can: one allowed request, no copies.
+/// borrow from the request and the claims; only a joined list or a percent-encoded value is new.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderEdits<'a> {
     /// Header names to remove: the credentials, and every client-sent header of our namespace.
@@ -458,12 +458,15 @@ pub fn upstream_headers<'a>(
     if let Some(key) = possession.dpop_jkt.as_ref().or(possession.mtls_x5t.as_ref()) {
         put(KEY_HEADER, Cow::Borrowed(key));
     }
-    let mut tools = messages.iter().filter_map(|m| match m {
-        Message::Call { target: Target::Tool(name), .. } => Some(name.as_str()),
-        _ => None,
-    });
-    if tools.clone().next().is_some() {
-        put(TOOL_HEADER, joined(&mut tools, ","));
+    let mut tools = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Call { target: Target::Tool(name), .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .peekable();
+    if tools.peek().is_some() {
+        put(TOOL_HEADER, joined(tools, ","));
     }
     HeaderEdits { remove, set }
 }
