@@ -26,6 +26,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::jose::members::MemberName;
+
 /// Deepest nesting of arrays and objects accepted (the top-level object or array counts as 1).
 pub const MAX_DEPTH: usize = 64;
 
@@ -381,7 +383,7 @@ impl<'de> Visitor<'de> for Node<'_> {
         }
         let mut members = BTreeMap::new();
         // Keys go through serde_json's string deserializer: unescaped, surrogates checked.
-        while let Some(key) = map.next_key_seed(Key)? {
+        while let Some(key) = map.next_key_seed(MemberName)? {
             match members.entry(key) {
                 Entry::Occupied(taken) => {
                     let excerpt = taken.key().chars().take(KEY_EXCERPT_CHARS).collect();
@@ -393,38 +395,6 @@ impl<'de> Visitor<'de> for Node<'_> {
             }
         }
         Ok(Json::Obj(members))
-    }
-}
-
-/// A member name: a string, as serde_json reads every key (unescaped, surrogates checked),
-/// borrowed from the body when it holds no escape.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v))
     }
 }
 

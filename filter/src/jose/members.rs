@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, value::MapAccessDeserializer, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, value::MapAccessDeserializer, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
@@ -100,11 +100,7 @@ impl<'de> Visitor<'de> for MembersVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // A proof's header has three members, its claims five: one allocation for either.
         let mut members: Self::Value = Vec::with_capacity(8);
-        // A JSON member name is a string: read as a value, it is always `Member::Str`.
-        while let Some(key) = map.next_key::<Member<'de>>()? {
-            let Member::Str(name) = key else {
-                return Err(de::Error::custom("member name is not a string"));
-            };
+        while let Some(name) = map.next_key_seed(MemberName)? {
             if members.len() >= MAX_MEMBERS {
                 self.refusal.set(MembersError::TooMany);
                 return Err(de::Error::custom("too many members"));
@@ -123,6 +119,36 @@ impl<'de> Visitor<'de> for MembersVisitor<'_> {
 impl<'de> Deserialize<'de> for Member<'de> {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(MemberVisitor)
+    }
+}
+
+/// A member name: a string, as serde_json reads every name (unescaped, surrogates checked),
+/// borrowed from the input when it holds no escape. The JSON-RPC decoder (`mcp`) reads its
+/// member names with it too.
+pub(crate) struct MemberName;
+
+impl<'de> DeserializeSeed<'de> for MemberName {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MemberName {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
