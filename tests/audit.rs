@@ -138,10 +138,13 @@ fn refusals_are_recorded_with_status_reason_and_what_was_known() {
     assert_eq!(events[0]["tool"], "delete_repo");
     assert_eq!(events[0]["sub"], "user-123");
     assert_eq!(events[0]["scopes_required"], json!(["repo:admin"]));
+    // The proof's key was verified before the refusal: it is on record (binding and jkt).
+    assert_eq!((events[0]["binding"].as_str(), events[0]["jkt"].clone()), (Some("dpop"), json!(w.client.thumbprint())));
     assert_eq!((events[1]["status"].as_u64(), events[1]["reason"].as_str()), (Some(401), Some("missing_token")));
     assert!(events[1].get("sub").is_none(), "no identity without a token");
     assert_eq!(events[3]["reason"], "dpop_replay");
     assert_eq!(events[3]["agent"], "agent-7", "the replayed token's agent is on record");
+    assert_eq!(events[3]["jkt"], json!(w.client.thumbprint()), "and the key that signed the replayed proof");
 }
 
 #[test]
